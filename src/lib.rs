@@ -1,0 +1,1 @@
+//! Test and benchmark harness for the Arbor workspace; see `tests/` and `benches/`.
