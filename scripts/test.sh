@@ -23,7 +23,7 @@ if [ -x scripts/test-openai.sh ]; then
   ./scripts/test-openai.sh
 fi
 
-if [ -z "${ARBOR_SKIP_CUDA_CHECK:-}" ]; then
+if [ -z "${ARBOR_SKIP_CUDA_CHECK:-}" ] && [ -x scripts/check-cuda.sh ]; then
   step "cargo check --features cuda (CUDA toolkit from PyPI, no GPU needed)"
   ./scripts/check-cuda.sh
 fi
