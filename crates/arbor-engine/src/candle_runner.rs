@@ -1,0 +1,213 @@
+//! The Candle model behind the `ModelRunner` seam, and `Engine::load`, which turns a
+//! model path into a running engine: weights (safetensors directory or GGUF file),
+//! tokenizer, chat template and end-of-sequence ids from `arbor-models`, and the paged
+//! KV cache sized from the engine's budget.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arbor_models::chat_template::ChatTemplate;
+use arbor_models::generation::GenerationConfig;
+use arbor_models::tokenizer::Tokenizer;
+use arbor_models::{KvCache, Model, WeightMode};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+
+use crate::api::{EngineConfig, LoadOptions, ModelDType, ModelDevice, ModelInfo};
+use crate::core::StartOptions;
+use crate::engine::{Engine, TextAssets};
+use crate::runner::{ForwardBatch, Logits, ModelRunner, RunnerError, TokenDecoder};
+
+/// An `arbor_models::Model` and its paged KV cache, run by the engine thread.
+pub struct CandleRunner {
+    model: Model,
+    kv: Option<KvCache>,
+    name: String,
+    eos_token_ids: Vec<u32>,
+    decoder: Option<Arc<dyn TokenDecoder>>,
+}
+
+impl CandleRunner {
+    /// Wraps a loaded model. `tokenizer` (if any) decodes output text; `eos_token_ids`
+    /// end sequences unless a request ignores them.
+    pub fn new(model: Model, name: String, eos_token_ids: Vec<u32>, tokenizer: Option<Tokenizer>) -> Self {
+        let decoder = tokenizer.map(|t| Arc::new(TokenizerDecoder(t)) as Arc<dyn TokenDecoder>);
+        Self {
+            model,
+            kv: None,
+            name,
+            eos_token_ids,
+            decoder,
+        }
+    }
+}
+
+impl ModelRunner for CandleRunner {
+    fn info(&self) -> ModelInfo {
+        let config = self.model.config();
+        ModelInfo {
+            name: self.name.clone(),
+            max_context_tokens: config.max_position_embeddings,
+            vocab_size: config.vocab_size,
+            eos_token_ids: self.eos_token_ids.clone(),
+        }
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        KvCache::bytes_per_page(self.model.config(), 1, self.model.dtype())
+    }
+
+    fn free_memory_bytes(&self) -> Option<u64> {
+        match self.model.device() {
+            Device::Cpu => available_memory_bytes(),
+            _ => None,
+        }
+    }
+
+    fn allocate_kv(&mut self, n_pages: usize, page_size: usize) -> Result<(), RunnerError> {
+        let kv = self
+            .model
+            .new_kv_cache(n_pages, page_size, self.model.dtype())
+            .map_err(|e| RunnerError(e.to_string()))?;
+        self.kv = Some(kv);
+        Ok(())
+    }
+
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Logits, RunnerError> {
+        let kv = self
+            .kv
+            .as_mut()
+            .ok_or_else(|| RunnerError("kv cache was never allocated".into()))?;
+        let logits = self
+            .model
+            .forward(batch, kv)
+            .map_err(|e| RunnerError(e.to_string()))?;
+        let vocab_size = self.model.config().vocab_size;
+        let data = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| RunnerError(e.to_string()))?;
+        Ok(Logits { vocab_size, data })
+    }
+
+    fn decoder(&self) -> Option<Arc<dyn TokenDecoder>> {
+        self.decoder.clone()
+    }
+}
+
+/// `arbor_models`' tokenizer as the engine's decoder.
+struct TokenizerDecoder(Tokenizer);
+
+impl TokenDecoder for TokenizerDecoder {
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
+        // Decoding known ids does not fail in practice; an error shows as no text
+        // rather than taking the engine thread down.
+        self.0.decode(ids, skip_special_tokens).unwrap_or_default()
+    }
+}
+
+/// What `load_model` found at a path.
+struct Loaded {
+    runner: CandleRunner,
+    tokenizer: Option<Tokenizer>,
+    chat_template: Option<ChatTemplate>,
+}
+
+impl Engine {
+    /// Loads a model and starts an engine over it.
+    ///
+    /// `model` is a Hugging Face model directory (`config.json`, safetensors weights,
+    /// optionally `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`)
+    /// or a `.gguf` file (llama or qwen2 architecture; tokenizer and chat template come
+    /// from its metadata). `ModelDType::Auto` keeps GGUF weights quantized and loads
+    /// safetensors in f32. Errors name the path and what is wrong.
+    pub fn load(model: &str, load: &LoadOptions, config: EngineConfig) -> anyhow::Result<Engine> {
+        let path = Path::new(model);
+        if !path.exists() {
+            // Limitation: Hugging Face repo ids are not resolved here yet; download the
+            // repository and pass its directory.
+            bail!("model not found: {model} (expected a model directory or a .gguf file)");
+        }
+        let device = match load.device {
+            ModelDevice::Cpu => Device::Cpu,
+            ModelDevice::Cuda(ordinal) => Device::new_cuda(ordinal)
+                .with_context(|| format!("cannot open CUDA device {ordinal}"))?,
+        };
+        let loaded = if path.is_dir() {
+            load_dir(path, load.dtype, &device)?
+        } else {
+            load_gguf_file(path, load.dtype, &device)?
+        };
+        let assets = TextAssets {
+            tokenizer: loaded.tokenizer.map(Arc::new),
+            chat_template: loaded.chat_template,
+        };
+        let engine = Engine::spawn(Box::new(loaded.runner), config, StartOptions::default(), assets)
+            .with_context(|| format!("cannot start the engine for {model}"))?;
+        Ok(engine)
+    }
+}
+
+fn load_dir(dir: &Path, dtype: ModelDType, device: &Device) -> anyhow::Result<Loaded> {
+    let dtype = match dtype {
+        ModelDType::Auto | ModelDType::F32 => DType::F32,
+        ModelDType::F16 => DType::F16,
+        ModelDType::Bf16 => DType::BF16,
+    };
+    let model = Model::load_safetensors_dir(dir, dtype, device)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let tokenizer = if dir.join("tokenizer.json").is_file() {
+        Some(Tokenizer::from_hf_dir(dir).with_context(|| format!("tokenizer of {}", dir.display()))?)
+    } else {
+        None
+    };
+    let special = tokenizer.as_ref().map(|t| t.special_tokens().clone()).unwrap_or_default();
+    let chat_template = ChatTemplate::from_hf_dir(dir, special)
+        .with_context(|| format!("chat template of {}", dir.display()))?;
+    let generation = GenerationConfig::from_hf_dir(dir, tokenizer.as_ref())
+        .with_context(|| format!("generation config of {}", dir.display()))?;
+    let name = display_name(dir);
+    let runner = CandleRunner::new(model, name, generation.eos_token_ids, tokenizer.clone());
+    Ok(Loaded { runner, tokenizer, chat_template })
+}
+
+fn load_gguf_file(path: &Path, dtype: ModelDType, device: &Device) -> anyhow::Result<Loaded> {
+    let mode = match dtype {
+        ModelDType::Auto => WeightMode::Quantized,
+        ModelDType::F32 => WeightMode::Dequantized(DType::F32),
+        ModelDType::F16 => WeightMode::Dequantized(DType::F16),
+        ModelDType::Bf16 => WeightMode::Dequantized(DType::BF16),
+    };
+    let model = Model::load_gguf(path, mode, device)
+        .with_context(|| format!("cannot load the model in {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let content = gguf_file::Content::read(&mut BufReader::new(file))
+        .with_context(|| format!("cannot read the GGUF header of {}", path.display()))?;
+    let tokenizer =
+        Tokenizer::from_gguf(&content).with_context(|| format!("tokenizer of {}", path.display()))?;
+    let chat_template = ChatTemplate::from_gguf(&content, tokenizer.special_tokens().clone())
+        .with_context(|| format!("chat template of {}", path.display()))?;
+    let mut generation = GenerationConfig::from_gguf(&content)
+        .with_context(|| format!("generation config of {}", path.display()))?;
+    generation.add_tokenizer_ids(&tokenizer);
+    let name = display_name(path);
+    let runner = CandleRunner::new(model, name, generation.eos_token_ids, Some(tokenizer.clone()));
+    Ok(Loaded { runner, tokenizer: Some(tokenizer), chat_template })
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
