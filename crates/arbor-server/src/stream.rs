@@ -1,0 +1,131 @@
+//! Drives one request's engine event stream to its end, either into an SSE response
+//! (chunk by chunk, through a `ChunkWriter` that knows the route's wire format) or into
+//! a callback for a non-streaming response.
+//!
+//! The SSE body owns the engine's `RequestStream`: when the client disconnects, hyper
+//! drops the body, which drops the stream, which aborts the request and frees its
+//! pages at the engine's next step.
+
+use arbor_engine::{Event, RequestStream};
+use bytes::{Bytes, BytesMut};
+use axum::response::Response;
+
+use crate::error::ApiError;
+use crate::sse;
+use crate::track::RequestTracker;
+
+/// Turns engine events into SSE frames in one route's wire format.
+pub trait ChunkWriter: Send + 'static {
+    /// Frames sent before any event (such as each choice's role chunk).
+    fn start(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    /// Frames for one event; empty when it carries nothing to send.
+    fn on_event(&mut self, event: Event) -> Vec<Bytes>;
+
+    /// Frames after every sequence finished (such as the usage chunk), before
+    /// `[DONE]`.
+    fn end(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+}
+
+/// An SSE response streaming `events` through `writer`, ending with `data: [DONE]`. If
+/// the engine stream ends before every sequence finished (the engine stopped), an error
+/// frame precedes `[DONE]`.
+pub fn sse_response<W: ChunkWriter>(events: RequestStream, writer: W, tracker: RequestTracker) -> Response {
+    let driver = Driver {
+        events,
+        writer,
+        tracker,
+        phase: Phase::Start,
+    };
+    let frames = futures::stream::unfold(driver, |mut driver| async move {
+        let frames = driver.next_frames().await?;
+        Some((frames, driver))
+    });
+    sse::response(frames)
+}
+
+/// Feeds every event of `events` to `on_event` until the stream ends. Fails with
+/// `Unavailable` if it ended before every sequence finished.
+pub async fn collect(
+    events: &mut RequestStream,
+    tracker: &mut RequestTracker,
+    mut on_event: impl FnMut(Event),
+) -> Result<(), ApiError> {
+    while let Some(event) = events.next().await {
+        tracker.observe(&event);
+        on_event(event);
+    }
+    if tracker.is_complete() {
+        Ok(())
+    } else {
+        tracing::warn!("engine event stream ended before every sequence finished");
+        Err(ApiError::Unavailable)
+    }
+}
+
+struct Driver<W> {
+    events: RequestStream,
+    writer: W,
+    tracker: RequestTracker,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Running,
+    Done,
+}
+
+impl<W: ChunkWriter> Driver<W> {
+    /// The next non-empty batch of frames, or `None` after `[DONE]`.
+    async fn next_frames(&mut self) -> Option<Bytes> {
+        if self.phase == Phase::Start {
+            self.phase = Phase::Running;
+            let frames = self.writer.start();
+            if !frames.is_empty() {
+                return Some(concat(frames));
+            }
+        }
+        if self.phase == Phase::Done {
+            return None;
+        }
+        loop {
+            let Some(event) = self.events.next().await else {
+                self.phase = Phase::Done;
+                return Some(self.closing_frames());
+            };
+            self.tracker.observe(&event);
+            let frames = self.writer.on_event(event);
+            if !frames.is_empty() {
+                return Some(concat(frames));
+            }
+        }
+    }
+
+    fn closing_frames(&mut self) -> Bytes {
+        let mut frames = if self.tracker.is_complete() {
+            self.writer.end()
+        } else {
+            tracing::warn!("engine event stream ended before every sequence finished");
+            vec![sse::error_frame(&ApiError::Unavailable)]
+        };
+        frames.push(Bytes::from_static(sse::DONE_FRAME));
+        concat(frames)
+    }
+}
+
+fn concat(frames: Vec<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.into_iter().next().expect("one frame");
+    }
+    let mut out = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for frame in frames {
+        out.extend_from_slice(&frame);
+    }
+    out.freeze()
+}
