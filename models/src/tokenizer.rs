@@ -254,7 +254,7 @@ pub(crate) fn read_gguf_header(path: &Path) -> Result<gguf_file::Content, Tokeni
     })?;
     gguf_file::Content::read(&mut file).map_err(|e| TokenizerError::Load {
         path: path.to_path_buf(),
-        message: format!("not a readable GGUF file: {e}"),
+        message: format!("not a readable GGUF file: {}", crate::weights::plain_error(e)),
     })
 }
 

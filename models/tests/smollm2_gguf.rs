@@ -2,45 +2,41 @@
 //! embedding) against `transformers`' greedy continuations of the dequantized file
 //! (tests/fixtures/smollm2-135m-instruct/reference.json).
 //!
-//! The file comes from `ARBOR_SMOLLM2_GGUF` or `scripts/fetch-smollm2.sh`; without it the
-//! tests print why and pass, so that an offline checkout still tests the rest.
+//! The file comes from `ARBOR_SMOLLM2_GGUF` (`scripts/fetch-smollm2.sh` fetches it and
+//! prints its path); without it the tests print why and pass, so that an offline
+//! checkout still tests the rest.
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use arbor_models::{LogitsWanted, Model, WeightMode};
+use arbor_models::{LogitsWanted, Model, ModelAssets, ModelSource, RenderOptions, WeightMode};
 use candle_core::{DType, Device};
 use common::*;
 use serde_json::Value;
 
 const EOS: u32 = 2;
 
-/// Path of the GGUF, or `None` (with a printed reason) when it cannot be had.
+/// Path of the GGUF from `ARBOR_SMOLLM2_GGUF`, or `None` (with a printed reason) when
+/// the variable is unset. A set variable naming no file is a test failure.
 fn gguf_path() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("ARBOR_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(path));
-    }
-    let script = fixture_dir("../../scripts/fetch-smollm2.sh");
-    match Command::new("bash").arg(&script).output() {
-        Ok(out) if out.status.success() => {
-            let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            Some(PathBuf::from(path))
-        }
-        Ok(out) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            println!("skipping: fetch-smollm2.sh failed: {stderr}");
-            None
-        }
-        Err(e) => {
-            println!("skipping: cannot run {}: {e}", script.display());
-            None
-        }
-    }
+    let Some(path) = std::env::var_os("ARBOR_SMOLLM2_GGUF").filter(|p| !p.is_empty()) else {
+        println!(
+            "skipping: ARBOR_SMOLLM2_GGUF is unset; `scripts/fetch-smollm2.sh` fetches the \
+             file and prints its path"
+        );
+        return None;
+    };
+    let path = PathBuf::from(path);
+    assert!(path.is_file(), "ARBOR_SMOLLM2_GGUF={} is not a file", path.display());
+    Some(path)
 }
 
 struct Case {
+    /// The chat messages of a chat case; `None` for a plain-text case.
+    messages: Option<Value>,
+    /// The prompt text: the rendered chat, or the plain text.
+    prompt: String,
     prompt_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
 }
@@ -53,6 +49,8 @@ fn cases() -> Vec<Case> {
         .unwrap()
         .iter()
         .map(|c| Case {
+            messages: c.get("messages").cloned(),
+            prompt: c["prompt"].as_str().unwrap().to_owned(),
             prompt_ids: ids(&c["prompt_ids"]),
             greedy_ids: ids(&c["greedy_32_ids"]),
         })
@@ -100,6 +98,43 @@ fn q4_1_quantized_weights_agree_with_most_reference_next_tokens() {
             .count();
     }
     println!("Q4_1 quantized: {agree}/{total} teacher-forced next tokens agree with the reference");
-    // Observed: see the report; the floor leaves room for float noise across CPUs.
-    assert!(agree * 100 >= total * 85, "only {agree}/{total} agree");
+    // The fixtures README expects a Q4_1 implementation to "agree on most next tokens";
+    // that is the bound asserted. Arbor measured 130/136 on x86-64; a tighter floor
+    // would only encode that one observation.
+    assert!(agree * 2 > total, "only {agree}/{total} agree");
+}
+
+#[test]
+fn gguf_tokenizer_encodes_every_reference_prompt_to_the_reference_ids() {
+    let Some(path) = gguf_path() else { return };
+    let assets = ModelAssets::load(&ModelSource::Gguf(path)).unwrap();
+    let tokenizer = &assets.tokenizer;
+    assert_eq!(tokenizer.bos_token_id(), Some(1));
+    assert_eq!(tokenizer.eos_token_id(), Some(EOS));
+    assert!(assets.generation.eos_token_ids.contains(&EOS));
+    for (case_idx, case) in cases().iter().enumerate() {
+        let encoded = tokenizer.encode(&case.prompt, false).unwrap();
+        assert_eq!(encoded, case.prompt_ids, "case {case_idx}: {:?}", case.prompt);
+        let decoded = tokenizer.decode(&case.prompt_ids, false).unwrap();
+        assert_eq!(decoded, case.prompt, "case {case_idx} decoded");
+        if case.messages.is_none() {
+            // `tokenizer(text)` in transformers adds no BOS for this model.
+            assert_eq!(tokenizer.encode(&case.prompt, true).unwrap(), case.prompt_ids);
+        }
+    }
+}
+
+#[test]
+fn chatml_template_from_gguf_metadata_renders_every_chat_case_to_the_reference_prompt() {
+    let Some(path) = gguf_path() else { return };
+    let assets = ModelAssets::load(&ModelSource::Gguf(path)).unwrap();
+    let template = assets.chat_template.expect("the GGUF holds tokenizer.chat_template");
+    let options = RenderOptions { add_generation_prompt: true, ..RenderOptions::default() };
+    let chat_cases: Vec<Case> = cases().into_iter().filter(|c| c.messages.is_some()).collect();
+    assert_eq!(chat_cases.len(), 3);
+    for (case_idx, case) in chat_cases.iter().enumerate() {
+        let messages = case.messages.as_ref().unwrap().as_array().unwrap();
+        let text = template.render(messages, &options).unwrap();
+        assert_eq!(text, case.prompt, "chat case {case_idx}");
+    }
 }

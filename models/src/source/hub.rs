@@ -22,6 +22,8 @@ const OPTIONAL_FILES: &[&str] = &["tokenizer_config.json", "generation_config.js
 const WEIGHT_INDEX: &str = "model.safetensors.index.json";
 /// Unsharded safetensors weights.
 const SINGLE_WEIGHTS: &str = "model.safetensors";
+/// The public hub, which `hf-hub` uses when no endpoint is set.
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// How to reach the hub and where its cache lives.
 #[derive(Debug, Clone)]
@@ -127,6 +129,8 @@ fn shard_names(index: &Path) -> Result<BTreeSet<String>, String> {
 /// Gets files of one repo, from the cache or (when online) the hub.
 struct Fetcher {
     repo_id: String,
+    /// The hub address requests go to, for messages.
+    endpoint: String,
     cache: Cache,
     api: Option<ApiRepo>,
 }
@@ -151,7 +155,8 @@ impl Fetcher {
             })?;
             Some(api.repo(Repo::model(repo_id.to_owned())))
         };
-        Ok(Self { repo_id: repo_id.to_owned(), cache, api })
+        let endpoint = options.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_owned();
+        Ok(Self { repo_id: repo_id.to_owned(), endpoint, cache, api })
     }
 
     /// A file the model cannot do without.
@@ -186,6 +191,18 @@ impl Fetcher {
         match api.get(file) {
             Ok(path) => Ok(Some(path)),
             Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(404, _)) => Ok(None),
+            Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Transport(_)) => {
+                Err(SourceError::Download {
+                    repo: self.repo_id.clone(),
+                    file: file.into(),
+                    message: format!(
+                        "the hub at {} is unreachable ({e}); check the network or HF_ENDPOINT, \
+                         set HF_HUB_OFFLINE=1 to use only cached files, or pass a local model \
+                         directory or GGUF file",
+                        self.endpoint
+                    ),
+                })
+            }
             Err(e) => Err(SourceError::Download {
                 repo: self.repo_id.clone(),
                 file: file.into(),

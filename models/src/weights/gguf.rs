@@ -17,7 +17,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::{WeightSource, tensor_error};
+use super::{WeightSource, plain_error, tensor_error};
 use crate::config::{Architecture, ModelConfig, RopeScaling};
 use crate::error::LoadError;
 use crate::linear::{Embedding, Linear};
@@ -54,7 +54,7 @@ pub(crate) fn open(
     let mut file = File::open(path).map_err(io_error)?;
     let content = Content::read(&mut file).map_err(|e| LoadError::Format {
         path: path.to_owned(),
-        message: format!("not a readable GGUF file: {e}"),
+        message: format!("not a readable GGUF file: {}", plain_error(e)),
     })?;
     let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
     for name in content.tensor_infos.keys() {

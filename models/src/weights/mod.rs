@@ -42,5 +42,20 @@ pub(crate) trait WeightSource {
 pub(crate) fn tensor_error(path: &Path, name: &str) -> impl FnOnce(candle_core::Error) -> LoadError {
     let path = path.to_owned();
     let name = name.to_owned();
-    move |source| LoadError::Tensor { path, name, source }
+    move |source| LoadError::Tensor { path, name, source: plain_error(source) }
+}
+
+/// A Candle error reduced to its message: without the backtrace Candle attaches when
+/// `RUST_BACKTRACE` is set, without the path a [`LoadError`] names already, and with
+/// context on the same line, so that load errors stay one line.
+pub(crate) fn plain_error(error: candle_core::Error) -> candle_core::Error {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } | candle_core::Error::WithPath { inner, .. } => {
+            plain_error(*inner)
+        }
+        candle_core::Error::Context { inner, context } => {
+            candle_core::Error::Msg(format!("{context}: {}", plain_error(*inner)))
+        }
+        other => other,
+    }
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::{WeightSource, tensor_error};
+use super::{WeightSource, plain_error, tensor_error};
 use crate::error::LoadError;
 use crate::linear::{Embedding, Linear};
 
@@ -50,11 +50,17 @@ impl SafetensorsWeights {
         let mut files = Vec::with_capacity(paths.len());
         let mut routing = HashMap::new();
         for path in paths {
+            if !path.is_file() {
+                return Err(LoadError::Format {
+                    path: path.clone(),
+                    message: format!("this shard, listed in {INDEX_FILE}, does not exist"),
+                });
+            }
             // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the
             // checkpoint not being truncated while the model is loaded.
             let mapped = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| LoadError::Format {
                 path: path.clone(),
-                message: format!("not a readable safetensors file: {e}"),
+                message: format!("not a readable safetensors file: {}", plain_error(e)),
             })?;
             for (name, _) in mapped.tensors() {
                 routing.insert(name, files.len());

@@ -167,3 +167,41 @@ pub fn greedy(model: &Model, kv: &mut KvCache, prompt: &[u32], n_new: usize) -> 
     }
     out
 }
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// `<tmp>/arbor-<label>-<pid>-<n>`, empty.
+    pub fn new(label: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("arbor-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    /// A copy of the files of `tests/fixtures/<name>`.
+    pub fn copy_of_fixture(name: &str) -> Self {
+        let dir = Self::new(name);
+        for entry in std::fs::read_dir(fixture_dir(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path.join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
