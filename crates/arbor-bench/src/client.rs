@@ -98,7 +98,8 @@ impl Target {
             Ok(stream) => stream,
             Err(reason) => return RequestOutcome::failed(prompt_len, reason),
         };
-        outcome(stream, prompt_len, tokenizer)
+        let forced_len = (!self.disable_ignore_eos).then_some(output_len);
+        outcome(stream, prompt_len, forced_len, tokenizer)
     }
 
     /// The JSON body of one request: temperature 0, streaming, usage requested, the
@@ -237,10 +238,11 @@ fn openai_body(
         _ => return Err(prompt_mismatch(api)),
     };
     body[key] = value;
-    match fix {
-        Some(OutputLenFix::IgnoreEos) => body["ignore_eos"] = json!(true),
-        Some(OutputLenFix::MinTokens) => body["min_tokens"] = json!(output_len),
-        None => {}
+    if matches!(fix, Some(OutputLenFix::IgnoreEos | OutputLenFix::Both)) {
+        body["ignore_eos"] = json!(true);
+    }
+    if matches!(fix, Some(OutputLenFix::MinTokens | OutputLenFix::Both)) {
+        body["min_tokens"] = json!(output_len);
     }
     Ok(body)
 }
@@ -251,10 +253,11 @@ fn generate_body(
     fix: Option<OutputLenFix>,
 ) -> Result<Value, BenchError> {
     let mut sampling = json!({"temperature": 0.0, "max_new_tokens": output_len});
-    match fix {
-        Some(OutputLenFix::IgnoreEos) => sampling["ignore_eos"] = json!(true),
-        Some(OutputLenFix::MinTokens) => sampling["min_new_tokens"] = json!(output_len),
-        None => {}
+    if matches!(fix, Some(OutputLenFix::IgnoreEos | OutputLenFix::Both)) {
+        sampling["ignore_eos"] = json!(true);
+    }
+    if matches!(fix, Some(OutputLenFix::MinTokens | OutputLenFix::Both)) {
+        sampling["min_new_tokens"] = json!(output_len);
     }
     let mut body = json!({"sampling_params": sampling, "stream": true});
     match prompt {
@@ -273,7 +276,14 @@ fn prompt_mismatch(api: Api) -> BenchError {
     BenchError::InvalidSpec(format!("prompt does not fit the {api} API: {hint}"))
 }
 
-fn outcome(stream: StreamState, prompt_len: usize, tokenizer: &dyn TokenCounter) -> RequestOutcome {
+/// The measured request. `forced_len` is the output length the request forced, if
+/// it did.
+fn outcome(
+    stream: StreamState,
+    prompt_len: usize,
+    forced_len: Option<usize>,
+    tokenizer: &dyn TokenCounter,
+) -> RequestOutcome {
     let Some(ttft) = stream.ttft else {
         return RequestOutcome::failed(prompt_len, "stream ended without any generated text");
     };
@@ -282,11 +292,15 @@ fn outcome(stream: StreamState, prompt_len: usize, tokenizer: &dyn TokenCounter)
         Err(e) => return RequestOutcome::failed(prompt_len, e.to_string()),
     };
     let latency = stream.last_event.unwrap_or(ttft);
+    let output_len = stream.completion_tokens.unwrap_or(retokenized);
+    let short_output = forced_len.is_some_and(|wanted| {
+        falls_short(output_len, wanted, stream.completion_tokens.is_some())
+    });
     RequestOutcome {
         success: true,
         error: None,
         prompt_len,
-        output_len: stream.completion_tokens.unwrap_or(retokenized),
+        output_len,
         output_len_retokenized: retokenized,
         ttft_s: ttft.as_secs_f64(),
         latency_s: latency.as_secs_f64(),
@@ -294,7 +308,23 @@ fn outcome(stream: StreamState, prompt_len: usize, tokenizer: &dyn TokenCounter)
         generated_text: stream.text,
         server_prompt_tokens: stream.prompt_tokens,
         cached_tokens: stream.cached_tokens,
+        short_output,
     }
+}
+
+/// Whether an output of `n_tokens` stopped short of the forced length `wanted`. The
+/// server's own count must reach it exactly; a re-tokenized count (servers that
+/// report no usage while streaming) may fall a little below, since text does not
+/// always split back into the ids that made it.
+// Limitation: a re-tokenized count within an eighth of `wanted` (at least 2 tokens)
+// passes, so a server without usage that stops a token or two early goes unnoticed.
+fn falls_short(n_tokens: usize, wanted: usize, counted_by_server: bool) -> bool {
+    let slack = if counted_by_server {
+        0
+    } else {
+        (wanted / 8).max(2)
+    };
+    n_tokens + slack < wanted
 }
 
 /// The error and its sources, one after the other ("connection refused" hides there).
@@ -353,7 +383,7 @@ mod tests {
             .body(&prompt, 9)
             .unwrap();
         assert_eq!(openai["min_tokens"], 9);
-        assert!(openai.get("ignore_eos").is_none());
+        assert_eq!(openai["ignore_eos"], true);
         let sglang = target(Backend::Sglang, Api::Generate)
             .body(&prompt, 9)
             .unwrap();
@@ -364,6 +394,17 @@ mod tests {
         let mut free = target(Backend::Vllm, Api::Completions);
         free.disable_ignore_eos = true;
         assert!(free.body(&prompt, 9).unwrap().get("ignore_eos").is_none());
+    }
+
+    #[test]
+    fn short_outputs_are_exact_by_usage_and_lenient_when_retokenized() {
+        assert!(!falls_short(32, 32, true));
+        assert!(falls_short(31, 32, true));
+        // Re-tokenized text may lose a few tokens: 4 of 32 is tolerated, 5 is not.
+        assert!(!falls_short(28, 32, false));
+        assert!(falls_short(27, 32, false));
+        assert!(!falls_short(1, 3, false));
+        assert!(falls_short(5, 32, false));
     }
 
     #[test]

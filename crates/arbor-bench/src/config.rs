@@ -23,8 +23,8 @@ pub enum Backend {
     Sglang,
     /// vLLM: `ignore_eos`, `POST /reset_prefix_cache` (served only in vLLM's dev mode).
     Vllm,
-    /// Any other OpenAI-compatible server (llama.cpp, llama-cpp-python): `min_tokens`,
-    /// and no way to reset a prefix cache.
+    /// Any other OpenAI-compatible server (llama.cpp, llama-cpp-python): both
+    /// `ignore_eos` and `min_tokens`, and no way to reset a prefix cache.
     Openai,
 }
 
@@ -35,6 +35,9 @@ pub enum OutputLenFix {
     IgnoreEos,
     /// `"min_tokens": max_tokens` (vLLM, llama-cpp-python, several others).
     MinTokens,
+    /// Both, for servers of unknown family: llama.cpp's server reads `ignore_eos`,
+    /// llama-cpp-python reads `min_tokens`, and both ignore the field they lack.
+    Both,
 }
 
 impl Backend {
@@ -59,7 +62,7 @@ impl Backend {
     pub fn output_len_fix(self) -> OutputLenFix {
         match self {
             Backend::Arbor | Backend::Sglang | Backend::Vllm => OutputLenFix::IgnoreEos,
-            Backend::Openai => OutputLenFix::MinTokens,
+            Backend::Openai => OutputLenFix::Both,
         }
     }
 }
@@ -248,7 +251,7 @@ mod tests {
         assert_eq!(sglang.cache_reset_path(), Some("/flush_cache"));
         let vllm: Backend = "vllm".parse().unwrap();
         assert_eq!(vllm.cache_reset_path(), Some("/reset_prefix_cache"));
-        assert_eq!(Backend::Openai.output_len_fix(), OutputLenFix::MinTokens);
+        assert_eq!(Backend::Openai.output_len_fix(), OutputLenFix::Both);
         assert!("tgi".parse::<Backend>().is_err());
         assert_eq!(
             "chat".parse::<Api>().unwrap().path(),

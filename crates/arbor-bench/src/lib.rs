@@ -120,6 +120,15 @@ pub async fn run_benchmark(
             .unwrap_or_else(|| "no request was sent".to_string());
         return Err(BenchError::AllFailed(first_error));
     }
+    if metrics.short_outputs > 0 {
+        tracing::warn!(
+            n_requests = metrics.short_outputs,
+            "requests ended before their forced output length: the server ignores \
+             ignore_eos/min_tokens or cuts streams short (llama-cpp-python does unless \
+             started with --interrupt_requests False); output figures are not for the \
+             asked lengths"
+        );
+    }
 
     Ok(BenchRecord::new(spec, &target, &output, metrics))
 }

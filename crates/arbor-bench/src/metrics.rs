@@ -41,6 +41,10 @@ pub struct RequestOutcome {
     /// `usage.prompt_tokens_details.cached_tokens` (or SGLang's
     /// `meta_info.cached_tokens`), when the server reports it.
     pub cached_tokens: Option<usize>,
+    /// The output length was forced (`ignore_eos`/`min_tokens`) and the stream ended
+    /// before it: the server ignored the setting or cut the stream short (as
+    /// llama-cpp-python does to a stream when another request arrives).
+    pub short_output: bool,
 }
 
 impl RequestOutcome {
@@ -92,6 +96,9 @@ pub struct Metrics {
     pub p90_e2e_latency_ms: f64,
     pub p99_e2e_latency_ms: f64,
     pub concurrency: f64,
+    /// Completed requests whose output stopped short of the forced length; not an
+    /// SGLang key. Non-zero means the output figures are not for the asked lengths.
+    pub short_outputs: usize,
     /// Sum of the server's `prompt_tokens`, when every completed request reported it.
     pub total_input_tokens_server: Option<usize>,
     /// Sum of server-reported cached prompt tokens, when any request reported them.
@@ -164,6 +171,7 @@ impl Metrics {
             p90_e2e_latency_ms: e2e.p90,
             p99_e2e_latency_ms: e2e.p99,
             concurrency: per_s(e2es.iter().sum()),
+            short_outputs: done.iter().filter(|o| o.short_output).count(),
             total_input_tokens_server: cache.server_prompt_tokens,
             total_cached_tokens: cache.cached_tokens,
             cached_tokens_ratio: cache.ratio,
@@ -285,8 +293,14 @@ mod tests {
                 cached_tokens: Some(0),
                 ..ok(50, 3, 0.4, 1.4, &[0.5, 0.5])
             },
-            RequestOutcome::failed(70, "connection refused"),
-            ok(10, 1, 0.3, 0.3, &[]),
+            RequestOutcome {
+                short_output: true,
+                ..RequestOutcome::failed(70, "connection refused")
+            },
+            RequestOutcome {
+                short_output: true,
+                ..ok(10, 1, 0.3, 0.3, &[])
+            },
         ];
         Metrics::compute(&outcomes, 2.0)
     }
@@ -295,6 +309,7 @@ mod tests {
     fn counts_and_throughputs_cover_completed_requests_only() {
         let m = hand_made_run();
         assert_eq!((m.completed, m.failed), (3, 1));
+        assert_eq!(m.short_outputs, 1);
         assert_eq!((m.total_input_tokens, m.total_output_tokens), (160, 9));
         close(m.request_throughput, 1.5);
         close(m.input_throughput, 80.0);

@@ -25,7 +25,7 @@ pub struct BenchRecord {
     pub note: Option<String>,
     /// Seconds since the Unix epoch when the run finished.
     pub timestamp: u64,
-    /// `git describe --always --dirty` of the working directory, if it is a checkout.
+    /// `git describe --always --dirty` of the checkout (see [`git_revision`]).
     pub git_revision: Option<String>,
     pub arbor_bench_version: &'static str,
     pub backend: Backend,
@@ -98,10 +98,23 @@ impl BenchRecord {
     }
 }
 
-/// `git describe --always --dirty` in the current directory; `None` outside a
-/// checkout, without commits, or without git.
+/// `git describe --always --dirty` of the checkout the benchmark runs in: the current
+/// directory, else the directory of the running executable (a `target/` inside an
+/// Arbor checkout). `None` outside a checkout, without commits, or without git.
 pub fn git_revision() -> Option<String> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    std::iter::once(std::env::current_dir().ok())
+        .chain(std::iter::once(exe_dir))
+        .flatten()
+        .find_map(|dir| describe(&dir))
+}
+
+fn describe(dir: &Path) -> Option<String> {
     let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
         .args(["describe", "--always", "--dirty"])
         .stderr(std::process::Stdio::null())
         .output()

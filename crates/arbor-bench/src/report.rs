@@ -182,6 +182,11 @@ pub fn run_summary(record: &BenchRecord) -> String {
     line(&mut out, "Cached prompt tokens", cached_text(&run));
     line(
         &mut out,
+        "Outputs shorter than asked",
+        record.metrics.short_outputs.to_string(),
+    );
+    line(
+        &mut out,
         "Request throughput (req/s)",
         format!("{:.2}", m("request_throughput")),
     );

@@ -193,6 +193,7 @@ async fn random_run_produces_a_record_with_sglang_metric_keys() {
         .sum();
     assert_eq!(json["completed"], 8);
     assert_eq!(json["failed"], 0);
+    assert_eq!(json["short_outputs"], 0);
     assert_eq!(json["total_output_tokens"].as_u64().unwrap(), asked_output);
     assert_eq!(
         json["total_output_tokens_retokenized"].as_u64().unwrap(),
