@@ -28,12 +28,21 @@ pub enum ApiError {
         message: String,
         /// The field at fault, if any (`"messages"`, `"top_p"`, `"stop[1]"`).
         param: Option<String>,
-        /// A stable reason such as `invalid_json`, `invalid_type`, `model_not_found`.
+        /// A stable reason such as `invalid_json`, `invalid_type`, `invalid_value`.
         code: &'static str,
     },
     /// No or a wrong `Authorization: Bearer` key while the server requires one.
     #[error("invalid or missing api key")]
     Unauthorized,
+    /// The request names a model this server does not serve: 404 with code
+    /// `model_not_found`, as OpenAI and vLLM answer.
+    #[error("the model {requested:?} does not exist; this server serves {served:?}")]
+    ModelNotFound {
+        /// The name the client asked for.
+        requested: String,
+        /// The name responses report.
+        served: String,
+    },
     /// No route for this path.
     #[error("no route for {0}")]
     NotFound(String),
@@ -88,7 +97,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -103,6 +112,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. }
+            | ApiError::ModelNotFound { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::MethodNotAllowed => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
@@ -117,6 +127,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (param, code) = match self {
             ApiError::BadRequest { param, code, .. } => (param.clone(), Some(*code)),
+            ApiError::ModelNotFound { .. } => (Some("model".to_string()), Some("model_not_found")),
             ApiError::Unauthorized => (None, Some("invalid_api_key")),
             ApiError::PayloadTooLarge { .. } => (None, Some("request_too_large")),
             ApiError::Overloaded { .. } => (None, Some("queue_full")),
@@ -228,6 +239,20 @@ mod tests {
         let json = json_of(response).await;
         assert_eq!(json["error"]["type"], "overloaded_error");
         assert!(json["error"]["param"].is_null());
+    }
+
+    #[tokio::test]
+    async fn unknown_model_is_404_naming_the_model_field() {
+        let err = ApiError::ModelNotFound {
+            requested: "gpt-4o".into(),
+            served: "smollm2".into(),
+        };
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let json = json_of(response).await;
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+        assert_eq!(json["error"]["param"], "model");
+        assert_eq!(json["error"]["code"], "model_not_found");
     }
 
     #[test]

@@ -85,8 +85,8 @@ impl AppState {
             .map_or(self.engine.model_info().name.as_str(), String::as_str)
     }
 
-    /// Accepts a missing model name or one of the served names; anything else is a 400
-    /// with code `model_not_found`.
+    /// Accepts a missing model name or one of the served names; anything else is
+    /// `ApiError::ModelNotFound` (a 404).
     pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
         let Some(requested) = requested else {
             return Ok(());
@@ -100,8 +100,10 @@ impl AppState {
         if known {
             return Ok(());
         }
-        let message = format!("the model {requested:?} does not exist; this server serves {:?}", self.model_name());
-        Err(ApiError::bad_request(message, Some("model"), "model_not_found"))
+        Err(ApiError::ModelNotFound {
+            requested: requested.to_string(),
+            served: self.model_name().to_string(),
+        })
     }
 
     /// A response id such as `chatcmpl-1a2b3c4d-7`.

@@ -19,7 +19,11 @@ pub struct RequestTracker {
     /// Sequences not finished yet.
     n_open: usize,
     n_cached_tokens: usize,
+    /// Output tokens of finished sequences, from their usage.
     n_output_tokens: usize,
+    /// Output tokens seen in token events, finished sequences or not: what an aborted
+    /// request produced before its client left.
+    n_streamed_tokens: usize,
     ttft: Option<Duration>,
     reasons: Vec<FinishReason>,
     started: Instant,
@@ -44,6 +48,7 @@ impl RequestTracker {
             n_open: n_sequences,
             n_cached_tokens: 0,
             n_output_tokens: 0,
+            n_streamed_tokens: 0,
             ttft: None,
             reasons: Vec::new(),
             started: Instant::now(),
@@ -54,8 +59,9 @@ impl RequestTracker {
     /// Looks at one event; a `Finished` one is recorded, and the last one logs the
     /// request.
     pub fn observe(&mut self, event: &Event) {
-        if let Event::Finished { reason, usage, .. } = event {
-            self.on_finished(*reason, usage);
+        match event {
+            Event::Token { token_ids, .. } => self.n_streamed_tokens += token_ids.len(),
+            Event::Finished { reason, usage, .. } => self.on_finished(*reason, usage),
         }
     }
 
@@ -89,7 +95,7 @@ impl RequestTracker {
             request_id = %self.request_id,
             n_prompt_tokens = self.n_prompt_tokens,
             n_cached_tokens = self.n_cached_tokens,
-            n_output_tokens = self.n_output_tokens,
+            n_output_tokens = self.n_output_tokens.max(self.n_streamed_tokens),
             max_tokens = self.max_tokens,
             ttft_ms,
             duration_ms = self.started.elapsed().as_millis() as u64,
