@@ -20,7 +20,9 @@ mod cpu;
 mod cuda;
 pub mod kv_write;
 pub mod paged_attention;
+pub mod quantized_matmul;
 
 pub use cpu::is_float_storage;
 pub use kv_write::{KvWrite, write_kv};
 pub use paged_attention::{PagedAttention, PagedAttentionMeta, SequenceSpan, paged_attention};
+pub use quantized_matmul::quantized_matmul_t;

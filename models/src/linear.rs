@@ -33,13 +33,25 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
             Self::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
-            Self::Quantized { weight, bias } => (weight.forward(x)?, bias),
+            Self::Quantized { weight, bias } => (quantized_forward(weight, x)?, bias),
         };
         match bias {
             Some(bias) => y.broadcast_add(bias),
             None => Ok(y),
         }
     }
+}
+
+/// `x W^T` with a quantized `W`: Arbor's CPU kernel for the formats where Candle's
+/// per-row integer dot products make every sequence of a batch cost as much as the
+/// first (see `arbor_kernels::quantized_matmul`), Candle's `QMatMul` otherwise.
+fn quantized_forward(weight: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    if let QMatMul::QTensor(w) = weight
+        && let Some(y) = arbor_kernels::quantized_matmul_t(x, w)?
+    {
+        return Ok(y);
+    }
+    weight.forward(x)
 }
 
 /// The token embedding: a dense `[vocab, hidden]` table, or a quantized one whose rows

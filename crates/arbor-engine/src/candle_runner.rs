@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use arbor_models::chat_template::ChatTemplate;
+use arbor_models::device::DeviceSpec;
 use arbor_models::generation::GenerationConfig;
 use arbor_models::tokenizer::Tokenizer;
 use arbor_models::{KvCache, Model, WeightMode};
@@ -63,7 +64,7 @@ impl ModelRunner for CandleRunner {
     fn free_memory_bytes(&self) -> Option<u64> {
         match self.model.device() {
             Device::Cpu => available_memory_bytes(),
-            _ => None,
+            device => crate::footprint::device_memory(device).map(|(free, _)| free),
         }
     }
 
@@ -131,11 +132,7 @@ impl Engine {
             // repository and pass its directory.
             bail!("model not found: {model} (expected a model directory or a .gguf file)");
         }
-        let device = match load.device {
-            ModelDevice::Cpu => Device::Cpu,
-            ModelDevice::Cuda(ordinal) => Device::new_cuda(ordinal)
-                .with_context(|| format!("cannot open CUDA device {ordinal}"))?,
-        };
+        let device = open_device(load.device)?;
         let loaded = if path.is_dir() {
             load_dir(path, load.dtype, &device)?
         } else {
@@ -149,6 +146,17 @@ impl Engine {
             .with_context(|| format!("cannot start the engine for {model}"))?;
         Ok(engine)
     }
+}
+
+/// Opens the device a model runs on. A CUDA device in a build without the `cuda`
+/// feature, or on a machine without a usable GPU and driver, is a start-up error that
+/// says which (cudarc's errors and panics are caught in `arbor_models::device`).
+pub fn open_device(device: ModelDevice) -> anyhow::Result<Device> {
+    let spec = match device {
+        ModelDevice::Cpu => DeviceSpec::Cpu,
+        ModelDevice::Cuda(ordinal) => DeviceSpec::Cuda(ordinal),
+    };
+    Ok(spec.open()?)
 }
 
 fn load_dir(dir: &Path, dtype: ModelDType, device: &Device) -> anyhow::Result<Loaded> {

@@ -4,6 +4,7 @@
 //! and benches drive it directly for exact, deterministic scenarios.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use crate::api::{
     EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo,
     RequestId,
 };
-use crate::batch::build_batch;
+use crate::batch::BatchBuilder;
 use crate::clock::{Clock, SystemClock};
 use crate::detokenizer::Detokenizer;
 use crate::kv::KvPages;
@@ -63,6 +64,31 @@ pub struct StepReport {
     pub n_finished: usize,
 }
 
+/// Requests by id. The update phase looks a request up several times per sequence per
+/// step, so ids are hashed with one multiply instead of SipHash (ids are counters, not
+/// attacker-chosen keys).
+pub(crate) type RequestMap = HashMap<RequestId, RequestState, BuildHasherDefault<IdHasher>>;
+
+/// A multiplicative hasher for `u64` ids.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The engine loop's state; see the module docs.
 pub struct EngineCore {
     pub(crate) runner: Box<dyn ModelRunner>,
@@ -71,11 +97,13 @@ pub struct EngineCore {
     pub(crate) config: EngineConfig,
     pub(crate) kv: KvPages,
     pub(crate) scheduler: Scheduler,
-    pub(crate) requests: HashMap<RequestId, RequestState>,
+    pub(crate) requests: RequestMap,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) counters: Counters,
     seed_rng: SequenceRng,
     next_sequence_id: u64,
+    /// Builds each step's batch from the last one.
+    batch_builder: BatchBuilder,
 }
 
 impl EngineCore {
@@ -106,11 +134,12 @@ impl EngineCore {
             kv: KvPages::new(n_pages, config.page_size, !config.disable_radix_cache),
             scheduler: Scheduler::new(limits, WaitingQueue::new(config.schedule_policy)),
             config,
-            requests: HashMap::new(),
+            requests: RequestMap::default(),
             clock: options.clock,
             counters: Counters::default(),
             seed_rng: rng_from_seed(seed),
             next_sequence_id: 0,
+            batch_builder: BatchBuilder::default(),
         })
     }
 
@@ -194,15 +223,20 @@ impl EngineCore {
         self.note_admissions(&outcome.admitted, now);
         report.n_finished += self.finish_out_of_pages(outcome.out_of_pages);
 
-        let batch = build_batch(&self.scheduler.running);
+        let mut builder = std::mem::take(&mut self.batch_builder);
+        // Admitted sequences were appended to the running set: the others kept running.
+        let n_continuing = self.scheduler.running.len() - outcome.admitted.len();
+        builder.fill(&self.scheduler.running, n_continuing);
+        let batch = &builder.batch;
         if batch.sequences.is_empty() {
+            self.batch_builder = builder;
             return Ok(report);
         }
         count_tokens(&self.scheduler.running, &mut report);
         span.record("n_prefill", report.n_prefill_tokens);
         span.record("n_decode", report.n_decode_tokens);
 
-        let logits = match self.runner.forward(&batch) {
+        let logits = match self.runner.forward(batch) {
             Ok(logits) if logits.n_rows() == batch.n_logit_rows() => logits,
             Ok(logits) => {
                 let msg = format!("{} logit rows for {}", logits.n_rows(), batch.n_logit_rows());
@@ -215,6 +249,7 @@ impl EngineCore {
         self.counters.steps += 1;
         self.counters.prefill_tokens += report.n_prefill_tokens as u64;
         report.n_sequences = batch.sequences.len();
+        self.batch_builder = builder;
         debug!(n_sequences = report.n_sequences, n_finished = report.n_finished, "step done");
         Ok(report)
     }

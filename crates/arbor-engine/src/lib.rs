@@ -39,7 +39,9 @@ mod clock;
 mod core;
 mod detokenizer;
 mod engine;
+mod footprint;
 mod kv;
+pub mod plan;
 mod runner;
 mod sampler;
 mod scheduler;
@@ -51,10 +53,12 @@ mod update;
 mod worker;
 
 pub use api::*;
-pub use candle_runner::CandleRunner;
+pub use candle_runner::{CandleRunner, open_device};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use core::{EngineCore, StartOptions, StepReport};
 pub use engine::{Engine, RequestStream};
+pub use footprint::{ModelFootprint, device_memory};
+pub use plan::{Gib, MemoryPlan, ModelShape, PlanError, PlanRequest, RUNTIME_RESERVE_BYTES, WeightFormat};
 pub use runner::{ForwardBatch, Logits, LogitsWanted, ModelRunner, RunnerError, SequenceInput, TokenDecoder};
 
 /// Pieces exposed for tests and benches that check them directly.

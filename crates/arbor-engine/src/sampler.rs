@@ -102,17 +102,35 @@ pub fn sample(
     Sampled { token_id, logprobs }
 }
 
-/// Index of the largest finite logit (lowest index on ties); 0 if none is finite.
+/// Index of the largest logit above `-inf`, NaN ignored (lowest index on ties); 0 if
+/// there is none.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_value = f32::NEG_INFINITY;
-    for (idx, &value) in logits.iter().enumerate() {
-        if value > best_value {
-            best = idx;
-            best_value = value;
+    // Two passes that vectorise (a max over independent lanes, then a search for the
+    // first index holding it) instead of one compare-and-branch chain: the update phase
+    // runs this over a vocabulary-sized row for every greedy sequence of every step.
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(value);
         }
     }
-    best as u32
+    let max = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    let mut start = 0;
+    for chunk in logits.chunks(4 * LANES) {
+        // A branch-free test per chunk, then a scalar search in the chunk that holds it.
+        if chunk.iter().fold(false, |found, &value| found | (value == max)) {
+            let offset = chunk.iter().position(|&value| value == max).unwrap_or(0);
+            return (start + offset) as u32;
+        }
+        start += chunk.len();
+    }
+    0
 }
 
 fn apply_penalties(logits: &mut [f32], params: &SamplingParams, state: &PenaltyState) {
@@ -277,6 +295,34 @@ mod tests {
         let mut rng = rng_from_seed(0);
         assert_eq!(sample(&[0.0, 3.0, 1.0], &p, None, &[], &mut rng).token_id, 1);
         assert_eq!(sample(&[2.0, 2.0, 1.0], &p, None, &[], &mut rng).token_id, 0);
+    }
+
+    #[test]
+    fn argmax_agrees_with_a_plain_scan_over_long_rows_with_nan_and_infinities() {
+        // The reference: first index whose value beats everything before it.
+        let scan = |row: &[f32]| {
+            let (mut best, mut best_value) = (0, f32::NEG_INFINITY);
+            for (idx, &value) in row.iter().enumerate() {
+                if value > best_value {
+                    (best, best_value) = (idx as u32, value);
+                }
+            }
+            best
+        };
+        let mut rng = rng_from_seed(3);
+        for len in [0, 1, 15, 16, 17, 100, 1000] {
+            for case in 0..20 {
+                let mut row: Vec<f32> = (0..len).map(|_| (rng.random_range(0..8) as f32) - 4.0).collect();
+                for special in [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0] {
+                    if len > 0 && rng.random_range(0..3) == 0 && (special != f32::INFINITY || case % 5 == 0) {
+                        row[rng.random_range(0..len)] = special;
+                    }
+                }
+                assert_eq!(argmax(&row), scan(&row), "{row:?}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NAN, 1.0]), 2);
     }
 
     #[test]

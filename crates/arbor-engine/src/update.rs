@@ -5,12 +5,12 @@
 
 use std::time::Instant;
 
-use tracing::info;
+use tracing::debug;
 
 use crate::api::{Event, FinishReason, RequestId, StopMatch, TokenLogprob, Usage};
 use crate::core::EngineCore;
 use crate::runner::Logits;
-use crate::sampler::{Sampled, sample};
+use crate::sampler::{Sampled, argmax, sample};
 use crate::sequence::Sequence;
 use crate::stop::StopOutcome;
 
@@ -22,41 +22,40 @@ impl EngineCore {
     /// number of sequences that finished.
     pub(crate) fn update(&mut self, logits: &Logits) -> usize {
         let now = self.clock.now();
-        let running = std::mem::take(&mut self.scheduler.running);
-        let mut kept = Vec::with_capacity(running.len());
-        let mut finished = Vec::new();
+        // Sequences are updated in place (moving a few hundred of them every step
+        // costs more than the rest of the phase); only finished ones are moved out.
+        let mut running = std::mem::take(&mut self.scheduler.running);
+        let mut endings: Vec<(usize, Ending)> = Vec::new();
         let mut gone: Vec<RequestId> = Vec::new();
         let mut row_idx = 0;
-        for mut seq in running {
+        for (seq_idx, seq) in running.iter_mut().enumerate() {
             if seq.n_scheduled == 0 {
-                kept.push(seq);
                 continue;
             }
             let was_prefill = !seq.is_decoding();
             seq.n_computed += std::mem::take(&mut seq.n_scheduled);
             if was_prefill {
                 // Share the new prompt pages with concurrent requests right away.
-                self.kv.insert_computed(&mut seq);
+                self.kv.insert_computed(seq);
             }
             if seq.n_computed < seq.tokens.len() {
-                kept.push(seq);
                 continue;
             }
-            let sampled = self.sample_next(&mut seq, logits.row(row_idx));
+            let sampled = self.sample_next(seq, logits.row(row_idx));
             row_idx += 1;
-            let (event, ending) = self.append(&mut seq, sampled, now);
+            let (event, ending) = self.append(seq, sampled, now);
             if self.send(seq.request_id, event).is_err() {
                 gone.push(seq.request_id);
             }
-            match ending {
-                None => kept.push(seq),
-                Some((reason, matched)) => finished.push((seq, reason, matched)),
+            if let Some(ending) = ending {
+                endings.push((seq_idx, ending));
             }
         }
-        self.scheduler.running = kept;
+        let finished = remove_at(&mut running, endings.iter().map(|(idx, _)| *idx));
+        self.scheduler.running = running;
 
         let n_finished = finished.len();
-        for (seq, reason, matched) in finished {
+        for (seq, (_, (reason, matched))) in finished.into_iter().zip(endings) {
             self.finish(seq, reason, matched);
         }
         for id in gone {
@@ -104,7 +103,9 @@ impl EngineCore {
         let ttft_ms = request
             .first_token_at
             .map(|t| t.saturating_duration_since(request.submitted_at).as_secs_f64() * 1e3);
-        info!(
+        // The server logs the one `info` line per request (with its response id); this
+        // engine-side line is for debugging the scheduler.
+        debug!(
             request_id = %seq.request_id,
             n_prompt_tokens = request.n_prompt_tokens,
             n_cached_tokens = request.n_cached_tokens,
@@ -126,7 +127,17 @@ impl EngineCore {
         } else {
             &[]
         };
-        sample(row, &seq.params, seq.penalties.as_ref(), suppressed, &mut seq.rng)
+        let params = &seq.params;
+        let plain_greedy = params.temperature == 0.0
+            && params.logit_bias.is_empty()
+            && params.logprobs.is_none()
+            && seq.penalties.is_none()
+            && suppressed.is_empty();
+        if plain_greedy {
+            // What `sample` computes here too, without copying the vocabulary-sized row.
+            return Sampled { token_id: argmax(row), logprobs: None };
+        }
+        sample(row, params, seq.penalties.as_ref(), suppressed, &mut seq.rng)
     }
 
     /// Appends the sampled token, checks stop conditions and builds its event.
@@ -228,4 +239,24 @@ impl EngineCore {
             None => Err(()),
         }
     }
+}
+
+/// Removes the sequences at `indices` (ascending) from `running`, keeping the order of
+/// the rest, and returns them in index order.
+fn remove_at(running: &mut Vec<Sequence>, indices: impl Iterator<Item = usize>) -> Vec<Sequence> {
+    let mut indices = indices.peekable();
+    if indices.peek().is_none() {
+        return Vec::new();
+    }
+    let mut position = 0;
+    running
+        .extract_if(.., |_| {
+            let hit = indices.peek() == Some(&position);
+            if hit {
+                indices.next();
+            }
+            position += 1;
+            hit
+        })
+        .collect()
 }

