@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use arbor_engine::parts;
 use arbor_engine::testing::FakeModel;
 use arbor_engine::{
-    EngineConfig, EngineCore, Event, ForwardBatch, GenerateRequest, KvBudget, Logits,
-    ModelInfo, ModelRunner, RequestId, RunnerError, SamplingParams, SchedulePolicy,
-    StartOptions, TokenDecoder,
+    EngineConfig, EngineCore, Event, ForwardBatch, GenerateRequest, KvBudget, Logits, ModelInfo,
+    ModelRunner, RequestId, RunnerError, SamplingParams, SchedulePolicy, StartOptions,
+    TokenDecoder,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -84,7 +84,10 @@ impl Times {
 
 /// CPU time of the calling thread.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write into.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "thread cpu clock is available");
@@ -163,7 +166,9 @@ impl Bench {
         };
         let core = EngineCore::new(Box::new(model), config, options).expect("engine starts");
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let systems = (0..N_SYSTEM_PROMPTS).map(|_| rng.tokens(SYSTEM_TOKENS)).collect();
+        let systems = (0..N_SYSTEM_PROMPTS)
+            .map(|_| rng.tokens(SYSTEM_TOKENS))
+            .collect();
         let (events, receiver) = unbounded_channel();
         Self {
             core,
@@ -186,7 +191,12 @@ impl Bench {
         self.next_id += 1;
         let request = GenerateRequest::new(prompt, params);
         self.core
-            .add_request(RequestId(self.next_id), request, self.events.clone(), Instant::now())
+            .add_request(
+                RequestId(self.next_id),
+                request,
+                self.events.clone(),
+                Instant::now(),
+            )
             .expect("request accepted");
     }
 
@@ -325,7 +335,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(if bench_mode { 2000 } else { 5 });
     let n_warmup = if bench_mode { 600 } else { 5 };
-    let filter = args.iter().skip(1).find(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
+    let filter = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
 
     println!("scheduler step, fake model, {n_steps} measured steps per case (µs per step)");
     println!(
@@ -339,12 +352,20 @@ fn main() {
     let wanted = |name: &str| filter.is_none_or(|f| name.contains(f.as_str()));
     for page_size in [1, 16] {
         if wanted("decode_256") {
-            print_row("decode_256", page_size, decode_256(page_size, n_warmup, n_steps));
+            print_row(
+                "decode_256",
+                page_size,
+                decode_256(page_size, n_warmup, n_steps),
+            );
         }
     }
     for page_size in [1, 16] {
         if wanted("waiting_5000_lpm") {
-            print_row("waiting_5000_lpm", page_size, waiting_5000_lpm(page_size, n_warmup, n_steps));
+            print_row(
+                "waiting_5000_lpm",
+                page_size,
+                waiting_5000_lpm(page_size, n_warmup, n_steps),
+            );
         }
     }
     if wanted("greedy_pick") {
@@ -358,7 +379,9 @@ fn greedy_pick(n_reps: usize) {
     const ROWS: usize = 256;
     const VOCAB_REAL: usize = 49152;
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    let logits: Vec<f32> = (0..ROWS * VOCAB_REAL).map(|_| rng.below(1 << 20) as f32 / 1e5).collect();
+    let logits: Vec<f32> = (0..ROWS * VOCAB_REAL)
+        .map(|_| rng.below(1 << 20) as f32 / 1e5)
+        .collect();
     let params = SamplingParams::greedy(1);
     let mut seq_rng = parts::rng_from_seed(1);
     let time = |pick: &mut dyn FnMut(&[f32]) -> u32| {
@@ -369,9 +392,13 @@ fn greedy_pick(n_reps: usize) {
                 checksum += u64::from(pick(std::hint::black_box(row)));
             }
         }
-        (start.elapsed().as_secs_f64() * 1e6 / n_reps as f64, checksum)
+        (
+            start.elapsed().as_secs_f64() * 1e6 / n_reps as f64,
+            checksum,
+        )
     };
-    let (full_us, a) = time(&mut |row| parts::sample(row, &params, None, &[], &mut seq_rng).token_id);
+    let (full_us, a) =
+        time(&mut |row| parts::sample(row, &params, None, &[], &mut seq_rng).token_id);
     let (fast_us, b) = time(&mut |row| parts::argmax(row));
     assert_eq!(a, b, "both pick the same tokens");
     println!(

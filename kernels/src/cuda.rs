@@ -13,7 +13,9 @@
 //! instead (see the `.cu` files).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape, Storage, bail};
 use half::{bf16, f16};
@@ -53,12 +55,19 @@ impl KernelElem for f16 {
 fn view<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
-        None => bail!("{what} must be contiguous, got strides {:?}", layout.stride()),
+        None => bail!(
+            "{what} must be contiguous, got strides {:?}",
+            layout.stride()
+        ),
     }
 }
 
 /// The contiguous u32 elements of a CUDA storage (slots, page tables, offsets).
-fn u32_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result<CudaView<'a, u32>> {
+fn u32_view<'a>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, u32>> {
     match &storage.slice {
         CudaStorageSlice::U32(slice) => view(slice, layout, what),
         _ => bail!("{what} must be u32, got {:?}", storage.dtype()),
@@ -67,7 +76,8 @@ fn u32_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result
 
 /// Converts a size to the u32 a kernel argument holds.
 fn arg_u32(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} = {n} does not fit in u32")))
+    u32::try_from(n)
+        .map_err(|_| candle_core::Error::Msg(format!("{what} = {n} does not fit in u32")))
 }
 
 /// CUDA body of [`KvWrite`](crate::KvWrite): same tensors and contract as its `cpu_fwd`,
@@ -105,7 +115,10 @@ pub(crate) fn kv_write(
         ($cache:expr, $new:expr) => {{
             let mut cache = match cache_layout.contiguous_offsets() {
                 Some((start, end)) => $cache.slice_mut(start..end),
-                None => bail!("kv cache must be contiguous, got strides {:?}", cache_layout.stride()),
+                None => bail!(
+                    "kv cache must be contiguous, got strides {:?}",
+                    cache_layout.stride()
+                ),
             };
             let new = view($new, new_layout, "new k/v")?;
             launch_kv_write(&device, &mut cache, &new, &slots, &args)
@@ -147,7 +160,9 @@ fn launch_kv_write<C: KernelElem, S: KernelElem>(
     let name = format!("arbor_kv_write_{}_{}", C::NAME, S::NAME);
     let func = device.get_or_load_custom_func(&name, "arbor_kv_write", KV_WRITE_PTX)?;
     let n_elems = args.n_tokens as u64 * args.row_len as u64;
-    let blocks = n_elems.div_ceil(KV_WRITE_THREADS as u64).min(KV_WRITE_MAX_BLOCKS as u64) as u32;
+    let blocks = n_elems
+        .div_ceil(KV_WRITE_THREADS as u64)
+        .min(KV_WRITE_MAX_BLOCKS as u64) as u32;
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (KV_WRITE_THREADS, 1, 1),
@@ -215,9 +230,21 @@ pub(crate) fn paged_attention(
     let (tables_guard, tables_layout) = meta.page_tables().storage_and_layout();
     let (lens_guard, lens_layout) = meta.context_lens().storage_and_layout();
     let (starts_guard, starts_layout) = meta.query_starts().storage_and_layout();
-    let tables = u32_view(on_device(&tables_guard, &device)?, tables_layout, "page tables")?;
-    let lens = u32_view(on_device(&lens_guard, &device)?, lens_layout, "context lengths")?;
-    let starts = u32_view(on_device(&starts_guard, &device)?, starts_layout, "query starts")?;
+    let tables = u32_view(
+        on_device(&tables_guard, &device)?,
+        tables_layout,
+        "page tables",
+    )?;
+    let lens = u32_view(
+        on_device(&lens_guard, &device)?,
+        lens_layout,
+        "context lengths",
+    )?;
+    let starts = u32_view(
+        on_device(&starts_guard, &device)?,
+        starts_layout,
+        "query starts",
+    )?;
     let n_seqs = lens_layout.shape().elem_count();
     if starts_layout.shape().elem_count() != n_seqs + 1 || tables_layout.dims()[0] != n_seqs {
         bail!("paged attention metadata arrays disagree on the number of sequences");
@@ -321,7 +348,8 @@ fn launch_attention<Q: KernelElem, C: KernelElem>(
         C::NAME,
         dims_per_lane(args.head_dim)
     );
-    let func = device.get_or_load_custom_func(&name, "arbor_paged_attention", PAGED_ATTENTION_PTX)?;
+    let func =
+        device.get_or_load_custom_func(&name, "arbor_paged_attention", PAGED_ATTENTION_PTX)?;
     let n_warps = warps_per_block(args.n_tokens as u64 * args.n_kv_heads as u64);
     let group_dims = args.group * args.head_dim;
     let cfg = LaunchConfig {

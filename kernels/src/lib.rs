@@ -14,6 +14,9 @@
 //! by `build.rs`, launched from `cuda.rs`) with the same contract, except that the CUDA
 //! bodies skip out-of-range slots and page ids instead of refusing them (the index arrays
 //! stay on the device).
+//!
+//! [`quantized_matmul_t`] is a CPU matrix product for GGUF Q4_1 and Q8_0 weights whose
+//! cost per token falls with the batch size (Candle's own does not for these formats).
 
 mod cpu;
 #[cfg(feature = "cuda")]

@@ -58,7 +58,10 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     }
     let w_bytes: Cow<'_, [u8]> = w.data()?;
     if w_bytes.len() != n * k / BLOCK * block_bytes {
-        bail!("quantized matmul: {} weight bytes for [{n}, {k}]", w_bytes.len());
+        bail!(
+            "quantized matmul: {} weight bytes for [{n}, {k}]",
+            w_bytes.len()
+        );
     }
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
@@ -90,13 +93,25 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             return match dtype {
-                GgmlDType::Q4_1 => Self { dequantize: avx2::dequantize_q4_1, dot_rows: avx2::dot_rows },
-                _ => Self { dequantize: avx2::dequantize_q8_0, dot_rows: avx2::dot_rows },
+                GgmlDType::Q4_1 => Self {
+                    dequantize: avx2::dequantize_q4_1,
+                    dot_rows: avx2::dot_rows,
+                },
+                _ => Self {
+                    dequantize: avx2::dequantize_q8_0,
+                    dot_rows: avx2::dot_rows,
+                },
             };
         }
         match dtype {
-            GgmlDType::Q4_1 => Self { dequantize: portable::dequantize_q4_1, dot_rows: portable::dot_rows },
-            _ => Self { dequantize: portable::dequantize_q8_0, dot_rows: portable::dot_rows },
+            GgmlDType::Q4_1 => Self {
+                dequantize: portable::dequantize_q4_1,
+                dot_rows: portable::dot_rows,
+            },
+            _ => Self {
+                dequantize: portable::dequantize_q8_0,
+                dot_rows: portable::dot_rows,
+            },
         }
     }
 }
@@ -120,7 +135,10 @@ fn matmul_t(
             let (x_first, x_n, w_first, w_n) = task_span(task, n_w_tiles, m, n);
             w_rows.resize(w_n * k, 0.0);
             let bytes = &w[w_first * row_bytes..(w_first + w_n) * row_bytes];
-            for (row, out) in bytes.chunks_exact(row_bytes).zip(w_rows.chunks_exact_mut(k)) {
+            for (row, out) in bytes
+                .chunks_exact(row_bytes)
+                .zip(w_rows.chunks_exact_mut(k))
+            {
                 (kernel.dequantize)(row, out);
             }
             let x_tile = &x[x_first * k..(x_first + x_n) * k];
@@ -165,7 +183,10 @@ mod portable {
     use super::{BLOCK, LANES, Q4_1_BYTES, Q8_0_BYTES, f16, sum_lanes};
 
     pub fn dequantize_q4_1(row: &[u8], out: &mut [f32]) {
-        for (block, out) in row.chunks_exact(Q4_1_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+        for (block, out) in row
+            .chunks_exact(Q4_1_BYTES)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
             let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
             let min = f16::from_le_bytes([block[2], block[3]]).to_f32();
             let (low, high) = out.split_at_mut(BLOCK / 2);
@@ -177,7 +198,10 @@ mod portable {
     }
 
     pub fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
-        for (block, out) in row.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+        for (block, out) in row
+            .chunks_exact(Q8_0_BYTES)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
             let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
             for (&q, o) in block[2..].iter().zip(out) {
                 *o = f32::from(q as i8) * d;
@@ -242,7 +266,10 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dequantize_q4_1_avx2(row: &[u8], out: &mut [f32]) {
         let mask = _mm_set1_epi8(0x0f);
-        for (block, out) in row.chunks_exact(Q4_1_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+        for (block, out) in row
+            .chunks_exact(Q4_1_BYTES)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
             let d = _mm256_set1_ps(f16::from_le_bytes([block[0], block[1]]).to_f32());
             let min = _mm256_set1_ps(f16::from_le_bytes([block[2], block[3]]).to_f32());
             // SAFETY (loads and stores): a block is 20 bytes, the values are its last 16;
@@ -251,7 +278,12 @@ mod avx2 {
                 let qs = _mm_loadu_si128(block.as_ptr().add(4).cast());
                 let low = _mm_and_si128(qs, mask);
                 let high = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
-                let parts = [low, _mm_srli_si128::<8>(low), high, _mm_srli_si128::<8>(high)];
+                let parts = [
+                    low,
+                    _mm_srli_si128::<8>(low),
+                    high,
+                    _mm_srli_si128::<8>(high),
+                ];
                 for (part, &bytes) in parts.iter().enumerate() {
                     let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
                     _mm256_storeu_ps(out.as_mut_ptr().add(8 * part), _mm256_fmadd_ps(q, d, min));
@@ -262,14 +294,22 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dequantize_q8_0_avx2(row: &[u8], out: &mut [f32]) {
-        for (block, out) in row.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+        for (block, out) in row
+            .chunks_exact(Q8_0_BYTES)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
             let d = _mm256_set1_ps(f16::from_le_bytes([block[0], block[1]]).to_f32());
             // SAFETY (loads and stores): a block is 34 bytes, the values its last 32;
             // `out` is one block of 32 floats.
             unsafe {
                 let first = _mm_loadu_si128(block.as_ptr().add(2).cast());
                 let second = _mm_loadu_si128(block.as_ptr().add(18).cast());
-                let parts = [first, _mm_srli_si128::<8>(first), second, _mm_srli_si128::<8>(second)];
+                let parts = [
+                    first,
+                    _mm_srli_si128::<8>(first),
+                    second,
+                    _mm_srli_si128::<8>(second),
+                ];
                 for (part, &bytes) in parts.iter().enumerate() {
                     let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
                     _mm256_storeu_ps(out.as_mut_ptr().add(8 * part), _mm256_mul_ps(q, d));
@@ -316,7 +356,9 @@ mod tests {
 
     /// Weights `[n, k]` quantized by Candle, and their dequantization by Candle.
     fn quantized(dtype: GgmlDType, n: usize, k: usize) -> (QTensor, Vec<f32>) {
-        let values: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let values: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
         let w = Tensor::from_vec(values, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, dtype).unwrap();
         let dequantized = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
@@ -324,7 +366,9 @@ mod tests {
     }
 
     fn x(m: usize, k: usize) -> Tensor {
-        let values: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+        let values: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
         Tensor::from_vec(values, (m, k), &Device::Cpu).unwrap()
     }
 
@@ -343,7 +387,10 @@ mod tests {
                 for j in 0..n {
                     let expected: f32 = (0..k).map(|i| xs[r * k + i] * w[j * k + i]).sum();
                     let value = got[r * n + j];
-                    assert!((value - expected).abs() < 1e-3, "{dtype:?} [{r}, {j}]: {value} vs {expected}");
+                    assert!(
+                        (value - expected).abs() < 1e-3,
+                        "{dtype:?} [{r}, {j}]: {value} vs {expected}"
+                    );
                 }
             }
         }
@@ -354,10 +401,22 @@ mod tests {
         let (m, k, n) = (9, 64, 13);
         let (q, _) = quantized(GgmlDType::Q4_1, n, k);
         let x = x(m, k);
-        let batch: Vec<f32> = quantized_matmul_t(&x, &q).unwrap().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let batch: Vec<f32> = quantized_matmul_t(&x, &q)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for r in 0..m {
             let row = x.narrow(0, r, 1).unwrap();
-            let alone: Vec<f32> = quantized_matmul_t(&row, &q).unwrap().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let alone: Vec<f32> = quantized_matmul_t(&row, &q)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             assert_eq!(alone, batch[r * n..(r + 1) * n], "row {r}");
         }
     }
@@ -376,8 +435,14 @@ mod tests {
             let xs: Vec<f32> = x(m, k).flatten_all().unwrap().to_vec1().unwrap();
             let block_bytes = bytes.len() / (n * k / BLOCK);
             let portable = match dtype {
-                GgmlDType::Q4_1 => Kernel { dequantize: portable::dequantize_q4_1, dot_rows: portable::dot_rows },
-                _ => Kernel { dequantize: portable::dequantize_q8_0, dot_rows: portable::dot_rows },
+                GgmlDType::Q4_1 => Kernel {
+                    dequantize: portable::dequantize_q4_1,
+                    dot_rows: portable::dot_rows,
+                },
+                _ => Kernel {
+                    dequantize: portable::dequantize_q8_0,
+                    dot_rows: portable::dot_rows,
+                },
             };
             let slow = matmul_t(&xs, &bytes, (m, k, n), block_bytes, portable);
             let fast = matmul_t(&xs, &bytes, (m, k, n), block_bytes, Kernel::detect(dtype));

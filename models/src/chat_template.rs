@@ -65,7 +65,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and text.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -100,23 +103,42 @@ struct Inner {
 impl ChatTemplate {
     /// Compiles a template from its Jinja source. `special` supplies `bos_token`,
     /// `eos_token`, `unk_token` and `pad_token`.
-    pub fn new(source: impl Into<String>, special: SpecialTokens) -> Result<Self, ChatTemplateError> {
+    pub fn new(
+        source: impl Into<String>,
+        special: SpecialTokens,
+    ) -> Result<Self, ChatTemplateError> {
         let source = source.into();
         let mut env = hf_environment();
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(&source))
             .map_err(|e| ChatTemplateError::Syntax(describe(&e)))?;
-        Ok(Self { inner: Arc::new(Inner { env, source, special }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                env,
+                source,
+                special,
+            }),
+        })
     }
 
     /// Loads a user-supplied template file: a Jinja file, or a JSON file (such as a
     /// `tokenizer_config.json`) whose `chat_template` field holds the template.
-    pub fn from_file(path: impl AsRef<Path>, special: SpecialTokens) -> Result<Self, ChatTemplateError> {
+    pub fn from_file(
+        path: impl AsRef<Path>,
+        special: SpecialTokens,
+    ) -> Result<Self, ChatTemplateError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ChatTemplateError::Read { path: path.into(), message: e.to_string() })?;
-        if path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json")) {
-            let json: Json = serde_json::from_str(&text)
-                .map_err(|e| ChatTemplateError::Read { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ChatTemplateError::Read {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        if path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+        {
+            let json: Json = serde_json::from_str(&text).map_err(|e| ChatTemplateError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
             let source = template_from_config(&json)
                 .ok_or_else(|| ChatTemplateError::NotInConfig { path: path.into() })?;
             return Self::new(source, special);
@@ -127,7 +149,10 @@ impl ChatTemplate {
     /// The template of a Hugging Face model directory: `chat_template.jinja` when
     /// present (newer `transformers` save it there), else the `chat_template` field of
     /// `tokenizer_config.json`; `None` when the model has neither.
-    pub fn from_hf_dir(dir: impl AsRef<Path>, special: SpecialTokens) -> Result<Option<Self>, ChatTemplateError> {
+    pub fn from_hf_dir(
+        dir: impl AsRef<Path>,
+        special: SpecialTokens,
+    ) -> Result<Option<Self>, ChatTemplateError> {
         let dir = dir.as_ref();
         let jinja = dir.join("chat_template.jinja");
         if jinja.is_file() {
@@ -137,19 +162,30 @@ impl ChatTemplate {
         if !config.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&config)
-            .map_err(|e| ChatTemplateError::Read { path: config.clone(), message: e.to_string() })?;
-        let json: Json = serde_json::from_str(&text)
-            .map_err(|e| ChatTemplateError::Read { path: config.clone(), message: e.to_string() })?;
-        template_from_config(&json).map(|source| Self::new(source, special)).transpose()
+        let text = std::fs::read_to_string(&config).map_err(|e| ChatTemplateError::Read {
+            path: config.clone(),
+            message: e.to_string(),
+        })?;
+        let json: Json = serde_json::from_str(&text).map_err(|e| ChatTemplateError::Read {
+            path: config.clone(),
+            message: e.to_string(),
+        })?;
+        template_from_config(&json)
+            .map(|source| Self::new(source, special))
+            .transpose()
     }
 
     /// The template in a GGUF file's `tokenizer.chat_template`; `None` when absent.
-    pub fn from_gguf(content: &gguf_file::Content, special: SpecialTokens) -> Result<Option<Self>, ChatTemplateError> {
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        special: SpecialTokens,
+    ) -> Result<Option<Self>, ChatTemplateError> {
         match content.metadata.get("tokenizer.chat_template") {
             None => Ok(None),
             Some(gguf_file::Value::String(source)) => Self::new(source.clone(), special).map(Some),
-            Some(_) => Err(ChatTemplateError::Syntax("tokenizer.chat_template is not a string".into())),
+            Some(_) => Err(ChatTemplateError::Syntax(
+                "tokenizer.chat_template is not a string".into(),
+            )),
         }
     }
 
@@ -167,10 +203,12 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .expect("the chat template was compiled when ChatTemplate was built");
-        template.render(context).map_err(|e| match raised_message(&e) {
-            Some(message) => ChatTemplateError::Raised(message),
-            None => ChatTemplateError::Render(describe(&e)),
-        })
+        template
+            .render(context)
+            .map_err(|e| match raised_message(&e) {
+                Some(message) => ChatTemplateError::Raised(message),
+                None => ChatTemplateError::Render(describe(&e)),
+            })
     }
 
     /// The Jinja source as loaded.
@@ -186,8 +224,14 @@ impl ChatTemplate {
     /// The variables of one render, in the order `transformers` passes them: special
     /// tokens, then messages, tools, documents and the generation prompt flag, then
     /// the caller's extra variables.
-    fn context<M: Serialize>(&self, messages: &[M], options: &RenderOptions) -> Result<Value, ChatTemplateError> {
-        let to_value = |json: Option<&Vec<Json>>| json.map_or(Value::from(()), |json| Value::from(Serde(json)));
+    fn context<M: Serialize>(
+        &self,
+        messages: &[M],
+        options: &RenderOptions,
+    ) -> Result<Value, ChatTemplateError> {
+        let to_value = |json: Option<&Vec<Json>>| {
+            json.map_or(Value::from(()), |json| Value::from(Serde(json)))
+        };
         let special = &self.inner.special;
         let mut vars: Vec<(String, Value)> = [
             ("bos_token", &special.bos),
@@ -207,12 +251,18 @@ impl ChatTemplate {
         vars.push(("messages".into(), messages));
         vars.push(("tools".into(), to_value(options.tools.as_ref())));
         vars.push(("documents".into(), to_value(options.documents.as_ref())));
-        vars.push(("add_generation_prompt".into(), Value::from(options.add_generation_prompt)));
+        vars.push((
+            "add_generation_prompt".into(),
+            Value::from(options.add_generation_prompt),
+        ));
         for (name, value) in &options.extra_context {
             vars.retain(|(existing, _)| existing != name);
             vars.push((name.clone(), Value::from(Serde(value))));
         }
-        Ok(Value::from(vars.into_iter().collect::<std::collections::BTreeMap<String, Value>>()))
+        Ok(Value::from(
+            vars.into_iter()
+                .collect::<std::collections::BTreeMap<String, Value>>(),
+        ))
     }
 }
 
@@ -258,7 +308,8 @@ impl std::error::Error for TemplateRaised {}
 
 /// `raise_exception(message)`: aborts the render with the template's message.
 fn raise_exception(message: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(TemplateRaised(message)))
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(TemplateRaised(message)))
 }
 
 /// `strftime_now(format)`: the local time in a C `strftime` format, as Python's
@@ -266,7 +317,10 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 fn strftime_now(format: String) -> Result<Value, Error> {
     let mut out = String::new();
     write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
-        Error::new(ErrorKind::InvalidOperation, format!("invalid strftime format {format:?}"))
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("invalid strftime format {format:?}"),
+        )
     })?;
     Ok(Value::from(out))
 }
@@ -328,7 +382,9 @@ fn rewrite_generation_tags(source: &str) -> String {
         let marker = body.chars().next().filter(|c| *c == '-' || *c == '+');
         let after_marker = &body[marker.map_or(0, char::len_utf8)..];
         let word_start = after_marker.trim_start();
-        let word_len = word_start.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(word_start.len());
+        let word_len = word_start
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(word_start.len());
         let replacement = match &word_start[..word_len] {
             "generation" => Some("if true"),
             "endgeneration" => Some("endif"),
@@ -362,7 +418,8 @@ mod tests {
 
     #[test]
     fn generation_tags_become_plain_blocks() {
-        let rewritten = rewrite_generation_tags("a{%- generation %}b{% endgeneration -%}c{% if x %}");
+        let rewritten =
+            rewrite_generation_tags("a{%- generation %}b{% endgeneration -%}c{% if x %}");
         assert_eq!(rewritten, "a{%- if true %}b{% endif -%}c{% if x %}");
     }
 
@@ -370,12 +427,16 @@ mod tests {
     fn raise_exception_surfaces_the_templates_message() {
         let source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}";
         let err = render(source, &[ChatMessage::new("assistant", "hi")]).unwrap_err();
-        assert!(matches!(err, ChatTemplateError::Raised(ref m) if m == "first must be user"), "{err}");
+        assert!(
+            matches!(err, ChatTemplateError::Raised(ref m) if m == "first must be user"),
+            "{err}"
+        );
     }
 
     #[test]
     fn syntax_error_is_reported_at_compile_time() {
-        let err = ChatTemplate::new("{% for m in messages %}", SpecialTokens::default()).unwrap_err();
+        let err =
+            ChatTemplate::new("{% for m in messages %}", SpecialTokens::default()).unwrap_err();
         assert!(matches!(err, ChatTemplateError::Syntax(_)), "{err}");
     }
 
@@ -389,17 +450,31 @@ mod tests {
 
     #[test]
     fn python_string_methods_are_available() {
-        let text = render("{{ messages[0].content.strip().split(',')[-1] }}", &[ChatMessage::new("user", " a,b ")]);
+        let text = render(
+            "{{ messages[0].content.strip().split(',')[-1] }}",
+            &[ChatMessage::new("user", " a,b ")],
+        );
         assert_eq!(text.unwrap(), "b");
     }
 
     #[test]
     fn extra_context_overrides_a_variable() {
-        let template = ChatTemplate::new("{{ add_generation_prompt }}-{{ enable_thinking }}", SpecialTokens::default()).unwrap();
+        let template = ChatTemplate::new(
+            "{{ add_generation_prompt }}-{{ enable_thinking }}",
+            SpecialTokens::default(),
+        )
+        .unwrap();
         let mut options = RenderOptions::default();
-        options.extra_context.insert("enable_thinking".into(), Json::Bool(false));
-        options.extra_context.insert("add_generation_prompt".into(), Json::Bool(true));
+        options
+            .extra_context
+            .insert("enable_thinking".into(), Json::Bool(false));
+        options
+            .extra_context
+            .insert("add_generation_prompt".into(), Json::Bool(true));
         // Python's Jinja (what transformers runs) prints booleans as `True`/`False`.
-        assert_eq!(template.render::<ChatMessage>(&[], &options).unwrap(), "True-False");
+        assert_eq!(
+            template.render::<ChatMessage>(&[], &options).unwrap(),
+            "True-False"
+        );
     }
 }

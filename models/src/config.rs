@@ -207,7 +207,11 @@ impl RawConfig {
             "LlamaForCausalLM" | "llama" => Ok(Architecture::Llama),
             _ => Err(LoadError::UnsupportedArchitecture {
                 path: path.to_owned(),
-                architecture: if name.is_empty() { "<none>".into() } else { name },
+                architecture: if name.is_empty() {
+                    "<none>".into()
+                } else {
+                    name
+                },
             }),
         }
     }
@@ -218,7 +222,11 @@ impl RawConfig {
         let params = self.rope_parameters.as_ref().filter(|v| !v.is_null());
         let theta = self
             .rope_theta
-            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10_000.0);
         let scaling = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             Some(scaling) => parse_rope_scaling(scaling, path)?,
@@ -240,7 +248,10 @@ fn parse_rope_scaling(value: &Value, path: &Path) -> Result<Option<RopeScaling>,
         .unwrap_or("default");
     let field = |name: &str| -> Result<f64, LoadError> {
         value.get(name).and_then(Value::as_f64).ok_or_else(|| {
-            LoadError::config(path, format!("rope scaling `{kind}` lacks numeric `{name}`"))
+            LoadError::config(
+                path,
+                format!("rope scaling `{kind}` lacks numeric `{name}`"),
+            )
         })
     };
     match kind {
@@ -290,7 +301,10 @@ mod tests {
     fn classic_qwen2_config_reads_theta_dtype_and_biases() {
         let config = ModelConfig::from_json_file(&fixture("tiny-qwen2")).unwrap();
         assert_eq!(config.architecture, Architecture::Qwen2);
-        assert_eq!((config.n_heads, config.n_kv_heads, config.head_dim), (4, 2, 32));
+        assert_eq!(
+            (config.n_heads, config.n_kv_heads, config.head_dim),
+            (4, 2, 32)
+        );
         assert_eq!(config.rope_theta, 10_000.0);
         assert_eq!(config.rope_scaling, None);
         assert_eq!(config.checkpoint_dtype, Some(DType::BF16));

@@ -64,7 +64,12 @@ impl DecoderLayer {
             q: source.linear(&format!("{p}.self_attn.q_proj"), q_width, hidden, qkv_bias)?,
             k: source.linear(&format!("{p}.self_attn.k_proj"), kv_width, hidden, qkv_bias)?,
             v: source.linear(&format!("{p}.self_attn.v_proj"), kv_width, hidden, qkv_bias)?,
-            o: source.linear(&format!("{p}.self_attn.o_proj"), hidden, q_width, config.o_bias)?,
+            o: source.linear(
+                &format!("{p}.self_attn.o_proj"),
+                hidden,
+                q_width,
+                config.o_bias,
+            )?,
             mlp_norm: RmsNorm::new(
                 source.tensor(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
                 eps,
@@ -89,9 +94,18 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let n_tokens = x.dim(0)?;
         let h = self.attn_norm.forward(x)?;
-        let q = self.q.forward(&h)?.reshape((n_tokens, self.n_heads, self.head_dim))?;
-        let k = self.k.forward(&h)?.reshape((n_tokens, self.n_kv_heads, self.head_dim))?;
-        let v = self.v.forward(&h)?.reshape((n_tokens, self.n_kv_heads, self.head_dim))?;
+        let q = self
+            .q
+            .forward(&h)?
+            .reshape((n_tokens, self.n_heads, self.head_dim))?;
+        let k = self
+            .k
+            .forward(&h)?
+            .reshape((n_tokens, self.n_kv_heads, self.head_dim))?;
+        let v = self
+            .v
+            .forward(&h)?
+            .reshape((n_tokens, self.n_kv_heads, self.head_dim))?;
         let q = ctx.rope.apply(&q, &ctx.cos, &ctx.sin)?;
         let k = ctx.rope.apply(&k, &ctx.cos, &ctx.sin)?;
 

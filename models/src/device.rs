@@ -193,7 +193,10 @@ mod tests {
     fn a_missing_gpu_is_an_error_not_a_panic() {
         // On a GPU machine ordinal 4096 does not exist; without one nothing does.
         let err = open_device("cuda:4096").unwrap_err();
-        assert!(matches!(err, DeviceError::Unavailable { ordinal: 4096, .. }), "{err}");
+        assert!(
+            matches!(err, DeviceError::Unavailable { ordinal: 4096, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("nvidia-smi"), "{err}");
     }
 }

@@ -114,9 +114,12 @@ impl GenerationConfig {
         metadata: &HashMap<String, gguf_file::Value>,
     ) -> Result<Self, GenerationConfigError> {
         let meta = Meta(metadata);
-        let err = |e: crate::tokenizer::TokenizerError| GenerationConfigError::Metadata(e.to_string());
+        let err =
+            |e: crate::tokenizer::TokenizerError| GenerationConfigError::Metadata(e.to_string());
         let id = |key: &str| meta.opt_token_id(key, u32::MAX as usize).map_err(err);
-        let float = |key: &str| Ok::<_, GenerationConfigError>(meta.opt_float(key).map_err(err)?.map(|x| x as f32));
+        let float = |key: &str| {
+            Ok::<_, GenerationConfigError>(meta.opt_float(key).map_err(err)?.map(|x| x as f32))
+        };
         let mut eos_token_ids = Vec::new();
         for key in [
             "tokenizer.ggml.eos_token_id",
@@ -167,16 +170,25 @@ fn read_optional_json(path: &Path) -> Result<Option<Json>, GenerationConfigError
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(GenerationConfigError::Read { path: path.into(), message: e.to_string() });
+            return Err(GenerationConfigError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            });
         }
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| GenerationConfigError::Read { path: path.into(), message: e.to_string() })
+        .map_err(|e| GenerationConfigError::Read {
+            path: path.into(),
+            message: e.to_string(),
+        })
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> GenerationConfigError {
-    GenerationConfigError::InvalidField { field: field.to_owned(), message: message.into() }
+    GenerationConfigError::InvalidField {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// A field converted by `convert`; absent and `null` both give `None`.
@@ -203,9 +215,13 @@ fn ids(json: &Json, field: &str) -> Result<Vec<u32>, GenerationConfigError> {
         None | Some(Json::Null) => return Ok(Vec::new()),
         Some(Json::Array(items)) => items
             .iter()
-            .map(|item| as_u32(item).ok_or_else(|| invalid(field, format!("{item} is not a token id"))))
+            .map(|item| {
+                as_u32(item).ok_or_else(|| invalid(field, format!("{item} is not a token id")))
+            })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(value) => vec![as_u32(value).ok_or_else(|| invalid(field, format!("{value} is not a token id")))?],
+        Some(value) => vec![
+            as_u32(value).ok_or_else(|| invalid(field, format!("{value} is not a token id")))?,
+        ],
     };
     let mut unique = Vec::with_capacity(list.len());
     for id in list {
@@ -282,8 +298,11 @@ mod tests {
     fn hf_dir_without_generation_config_falls_back_to_config_json() {
         let dir = std::env::temp_dir().join(format!("arbor-gen-fallback-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("config.json"), r#"{"eos_token_id": [7, 8], "bos_token_id": 1}"#)
-            .unwrap();
+        fs::write(
+            dir.join("config.json"),
+            r#"{"eos_token_id": [7, 8], "bos_token_id": 1}"#,
+        )
+        .unwrap();
         let config = GenerationConfig::from_hf_dir(&dir, None).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(config.eos_token_ids, vec![7, 8]);

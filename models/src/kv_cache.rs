@@ -59,7 +59,11 @@ impl KvCache {
 
     /// Bytes one page occupies across all layers, K and V together.
     pub fn bytes_per_page(config: &ModelConfig, page_size: usize, dtype: DType) -> usize {
-        2 * config.n_layers * page_size * config.n_kv_heads * config.head_dim * dtype.size_in_bytes()
+        2 * config.n_layers
+            * page_size
+            * config.n_kv_heads
+            * config.head_dim
+            * dtype.size_in_bytes()
     }
 
     /// Pages that fit in `budget_bytes` (rounded down; 0 if not even one fits).
@@ -131,7 +135,8 @@ mod tests {
     use super::*;
 
     fn config() -> ModelConfig {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen2/config.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen2/config.json");
         ModelConfig::from_json_file(&path).unwrap()
     }
 
@@ -140,7 +145,10 @@ mod tests {
         let config = config();
         // 2 (K, V) * 2 layers * 16 slots * 2 KV heads * 32 dims * 2 bytes.
         assert_eq!(KvCache::bytes_per_page(&config, 16, DType::BF16), 8192);
-        assert_eq!(KvCache::pages_for_budget(&config, 16, DType::BF16, 8192 * 10 + 5), 10);
+        assert_eq!(
+            KvCache::pages_for_budget(&config, 16, DType::BF16, 8192 * 10 + 5),
+            10
+        );
     }
 
     #[test]

@@ -8,25 +8,25 @@ pub mod config;
 mod decoder;
 pub mod device;
 pub mod error;
+pub mod generation;
 pub mod kv_cache;
 pub mod linear;
 pub mod model;
 pub mod rope;
-mod step_inputs;
-pub mod weights;
-pub mod generation;
 pub mod source;
+mod step_inputs;
 pub mod tokenizer;
+pub mod weights;
 
 pub use batch::{ForwardBatch, LogitsWanted, SequenceInput};
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
-pub use generation::{GenerationConfig, GenerationConfigError};
-pub use source::{ModelAssets, ModelSource, ModelSpec, ResolveOptions, SourceError};
-pub use tokenizer::{SpecialTokens, Tokenizer, TokenizerError};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::LoadError;
+pub use generation::{GenerationConfig, GenerationConfigError};
 pub use kv_cache::KvCache;
 pub use model::Model;
+pub use source::{ModelAssets, ModelSource, ModelSpec, ResolveOptions, SourceError};
+pub use tokenizer::{SpecialTokens, Tokenizer, TokenizerError};
 pub use weights::gguf::WeightMode;
 
 /// Loads a Hugging Face safetensors directory; see [`Model::load_safetensors_dir`].

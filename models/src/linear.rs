@@ -10,9 +10,15 @@ use candle_core::{DType, Module, Result, Tensor};
 #[derive(Debug, Clone)]
 pub enum Linear {
     /// A dense weight `[out, in]` in the model's dtype.
-    Dense { weight: Tensor, bias: Option<Tensor> },
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
     /// A GGUF-quantized weight; activations are f32, the bias is f32.
-    Quantized { weight: QMatMul, bias: Option<Tensor> },
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {

@@ -38,7 +38,11 @@ impl Model {
     ///
     /// Fails with a [`LoadError`] naming the file (and tensor) on an unsupported
     /// architecture, a missing tensor, a shape mismatch or an unsupported tensor dtype.
-    pub fn load_safetensors_dir(dir: &Path, dtype: DType, device: &Device) -> std::result::Result<Self, LoadError> {
+    pub fn load_safetensors_dir(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, LoadError> {
         check_dtype(dtype)?;
         let config = ModelConfig::from_json_file(&dir.join("config.json"))?;
         let mut source = SafetensorsWeights::open_dir(dir, dtype, device)?;
@@ -49,7 +53,11 @@ impl Model {
 
     /// Loads a GGUF file of the `llama` or `qwen2` architecture; `mode` keeps matrices
     /// quantized (activations in f32) or dequantizes everything to one dtype.
-    pub fn load_gguf(path: &Path, mode: WeightMode, device: &Device) -> std::result::Result<Self, LoadError> {
+    pub fn load_gguf(
+        path: &Path,
+        mode: WeightMode,
+        device: &Device,
+    ) -> std::result::Result<Self, LoadError> {
         let dtype = match mode {
             WeightMode::Quantized => DType::F32,
             WeightMode::Dequantized(dtype) => dtype,
@@ -77,7 +85,9 @@ impl Model {
         }
 
         let meta = PagedAttentionMeta::new(&spans(batch), kv.page_size(), &self.device)?;
-        let (cos, sin) = self.rope.cos_sin(&inputs.positions, self.dtype, &self.device)?;
+        let (cos, sin) = self
+            .rope
+            .cos_sin(&inputs.positions, self.dtype, &self.device)?;
         let ctx = PassContext {
             rope: &self.rope,
             cos,
@@ -141,7 +151,10 @@ impl Model {
         let layers = (0..config.n_layers)
             .map(|layer_idx| DecoderLayer::load(source, &config, layer_idx))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let norm = RmsNorm::new(source.tensor("model.norm.weight", &[hidden])?, config.rms_norm_eps);
+        let norm = RmsNorm::new(
+            source.tensor("model.norm.weight", &[hidden])?,
+            config.rms_norm_eps,
+        );
         let lm_head = match config.tie_word_embeddings {
             true => tied_head(&embed, source.path())?,
             false => source.linear("lm_head", vocab, hidden, false)?,

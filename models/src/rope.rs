@@ -35,7 +35,8 @@ pub struct Rope {
 impl Rope {
     /// The rope of `config`, rotating in `style`.
     pub fn new(config: &ModelConfig, style: RopeStyle) -> Self {
-        let inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
+        let inv_freq =
+            inverse_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
         Self { inv_freq, style }
     }
 
@@ -46,7 +47,12 @@ impl Rope {
 
     /// Cos and sin rows for `positions`, each `[n_tokens, 1, head_dim / 2]` in `dtype`.
     /// Angles are `position * inv_freq` rounded to f32, as `transformers` computes them.
-    pub fn cos_sin(&self, positions: &[u32], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn cos_sin(
+        &self,
+        positions: &[u32],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);

@@ -40,16 +40,28 @@ pub enum SourceError {
     NotAModel { path: PathBuf, reason: String },
     /// A file could not be fetched from the hub.
     #[error("could not download {file} of {repo} from the Hugging Face hub: {message}")]
-    Download { repo: String, file: String, message: String },
+    Download {
+        repo: String,
+        file: String,
+        message: String,
+    },
     /// Offline mode is on and the file is not in the cache.
     #[error(
         "{file} of {repo} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set",
         .cache_dir.display()
     )]
-    NotCached { repo: String, file: String, cache_dir: PathBuf },
+    NotCached {
+        repo: String,
+        file: String,
+        cache_dir: PathBuf,
+    },
     /// A downloaded file is not what it should be.
     #[error("{file} of {repo} is unusable: {message}")]
-    BadDownload { repo: String, file: String, message: String },
+    BadDownload {
+        repo: String,
+        file: String,
+        message: String,
+    },
     /// The demo model could not be found or fetched.
     #[error("demo model {DEMO_MODEL_NAME}: {0}")]
     Demo(String),
@@ -62,7 +74,10 @@ pub enum ModelSpec {
     /// A local directory or file.
     Local(PathBuf),
     /// A Hugging Face repo: the whole model, or with `file`, one GGUF of it.
-    Hub { repo_id: String, file: Option<String> },
+    Hub {
+        repo_id: String,
+        file: Option<String>,
+    },
     /// The demo model, SmolLM2-135M-Instruct in GGUF Q4_1.
     Demo,
 }
@@ -90,7 +105,10 @@ impl ResolveOptions {
     /// Settings from the environment (`HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`,
     /// `HF_TOKEN`, `HF_HUB_OFFLINE`, `ARBOR_MODELS_DIR`, `ARBOR_SMOLLM2_GGUF`).
     pub fn from_env() -> Self {
-        Self { hub: HubOptions::from_env(), demo: DemoOptions::from_env() }
+        Self {
+            hub: HubOptions::from_env(),
+            demo: DemoOptions::from_env(),
+        }
     }
 }
 
@@ -114,9 +132,13 @@ impl ModelSpec {
             return Ok(Self::Hub { repo_id, file });
         }
         if looks_like_path(spec) {
-            return Err(SourceError::NotFound { path: PathBuf::from(spec) });
+            return Err(SourceError::NotFound {
+                path: PathBuf::from(spec),
+            });
         }
-        Err(SourceError::Unknown { spec: spec.to_owned() })
+        Err(SourceError::Unknown {
+            spec: spec.to_owned(),
+        })
     }
 
     /// Turns the spec into local files, downloading what is missing.
@@ -142,16 +164,23 @@ impl ModelSource {
             if path.join("config.json").is_file() {
                 return Ok(Self::HfDir(path.to_path_buf()));
             }
-            return Err(SourceError::NotAModel { path: path.into(), reason: dir_without_config(path) });
+            return Err(SourceError::NotAModel {
+                path: path.into(),
+                reason: dir_without_config(path),
+            });
         }
         if !path.exists() {
             return Err(SourceError::NotFound { path: path.into() });
         }
         if path.file_name().is_some_and(|name| name == "config.json") {
-            let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let dir = path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             return Ok(Self::HfDir(dir));
         }
-        let gguf_extension = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"));
+        let gguf_extension = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"));
         if gguf_extension || has_gguf_magic(path) {
             return Ok(Self::Gguf(path.into()));
         }
@@ -189,7 +218,9 @@ fn parse_repo_id(spec: &str) -> Option<(String, Option<String>)> {
     let valid = |part: &str| {
         !part.is_empty()
             && !part.starts_with(['.', '-'])
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     (valid(owner) && valid(name)).then(|| (repo.to_owned(), file))
 }
@@ -203,7 +234,10 @@ fn looks_like_path(spec: &str) -> bool {
 fn has_gguf_magic(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Explains a directory that lacks `config.json`, naming any GGUF files in it.
@@ -220,7 +254,10 @@ fn dir_without_config(dir: &Path) -> String {
     if ggufs.is_empty() {
         "the directory has no config.json".into()
     } else {
-        format!("the directory has no config.json; pass one of its GGUF files: {}", ggufs.join(", "))
+        format!(
+            "the directory has no config.json; pass one of its GGUF files: {}",
+            ggufs.join(", ")
+        )
     }
 }
 
@@ -236,11 +273,17 @@ mod tests {
     fn repo_ids_parse_with_and_without_a_file() {
         assert_eq!(
             ModelSpec::parse("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").unwrap(),
-            ModelSpec::Hub { repo_id: "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B".into(), file: None }
+            ModelSpec::Hub {
+                repo_id: "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B".into(),
+                file: None
+            }
         );
         assert_eq!(
             ModelSpec::parse("owner/name-GGUF:model.Q4_K_M.gguf").unwrap(),
-            ModelSpec::Hub { repo_id: "owner/name-GGUF".into(), file: Some("model.Q4_K_M.gguf".into()) }
+            ModelSpec::Hub {
+                repo_id: "owner/name-GGUF".into(),
+                file: Some("model.Q4_K_M.gguf".into())
+            }
         );
     }
 

@@ -103,11 +103,15 @@ impl Tokenizer {
         tokenizer_config: Option<&Path>,
     ) -> Result<Self, TokenizerError> {
         if !tokenizer_json.is_file() {
-            return Err(TokenizerError::MissingFile { path: tokenizer_json.to_path_buf() });
+            return Err(TokenizerError::MissingFile {
+                path: tokenizer_json.to_path_buf(),
+            });
         }
-        let hf = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| {
-            TokenizerError::Load { path: tokenizer_json.to_path_buf(), message: e.to_string() }
-        })?;
+        let hf =
+            tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| TokenizerError::Load {
+                path: tokenizer_json.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let special = match tokenizer_config {
             Some(path) => special_tokens_from_config(&read_json(path)?),
             None => SpecialTokens::default(),
@@ -249,23 +253,38 @@ impl std::fmt::Debug for Tokenizer {
 /// Reads the metadata and tensor index of a GGUF file (not the tensor data).
 pub(crate) fn read_gguf_header(path: &Path) -> Result<gguf_file::Content, TokenizerError> {
     let mut file = fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: path.to_path_buf() },
-        _ => TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() },
+        std::io::ErrorKind::NotFound => TokenizerError::MissingFile {
+            path: path.to_path_buf(),
+        },
+        _ => TokenizerError::Load {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
     })?;
     gguf_file::Content::read(&mut file).map_err(|e| TokenizerError::Load {
         path: path.to_path_buf(),
-        message: format!("not a readable GGUF file: {}", crate::weights::plain_error(e)),
+        message: format!(
+            "not a readable GGUF file: {}",
+            crate::weights::plain_error(e)
+        ),
     })
 }
 
 /// Parses a JSON file, naming the file in the error.
 pub(crate) fn read_json(path: &Path) -> Result<Json, TokenizerError> {
     let text = fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: path.to_path_buf() },
-        _ => TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() },
+        std::io::ErrorKind::NotFound => TokenizerError::MissingFile {
+            path: path.to_path_buf(),
+        },
+        _ => TokenizerError::Load {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| TokenizerError::Load {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Special-token names of a `tokenizer_config.json`. Each may be a plain string or an

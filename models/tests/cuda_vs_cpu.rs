@@ -42,7 +42,14 @@ fn prompt_logits(model: &Model, dtype: DType, prompt: &[u32]) -> Tensor {
     let mut kv = model.new_kv_cache(64, 16, dtype).unwrap();
     let mut dealer = PageDealer::new(64);
     let mut seq = TestSeq::new();
-    let logits = forward_one(model, &mut kv, &mut seq, &mut dealer, prompt, LogitsWanted::All);
+    let logits = forward_one(
+        model,
+        &mut kv,
+        &mut seq,
+        &mut dealer,
+        prompt,
+        LogitsWanted::All,
+    );
     logits.to_device(&Device::Cpu).unwrap()
 }
 
@@ -57,9 +64,17 @@ fn f32_logits_on_the_gpu_match_the_cpu_and_transformers() {
             let cpu_logits = prompt_logits(&on_cpu, DType::F32, &case.prompt_ids);
             let vs_cpu = max_abs_diff(&gpu_logits, &cpu_logits);
             let vs_reference = max_abs_diff(&gpu_logits, &case.logits);
-            println!("{name} case {case_idx}: gpu vs cpu {vs_cpu:e}, vs transformers {vs_reference:e}");
-            assert!(vs_cpu < F32_TOLERANCE, "{name} case {case_idx}: gpu vs cpu {vs_cpu}");
-            assert!(vs_reference < F32_TOLERANCE, "{name} case {case_idx}: {vs_reference}");
+            println!(
+                "{name} case {case_idx}: gpu vs cpu {vs_cpu:e}, vs transformers {vs_reference:e}"
+            );
+            assert!(
+                vs_cpu < F32_TOLERANCE,
+                "{name} case {case_idx}: gpu vs cpu {vs_cpu}"
+            );
+            assert!(
+                vs_reference < F32_TOLERANCE,
+                "{name} case {case_idx}: {vs_reference}"
+            );
         }
     }
 }
@@ -85,12 +100,21 @@ fn bf16_weights_and_kv_on_the_gpu_err_no_more_than_on_the_cpu() {
         let on_gpu = load(name, DType::BF16, &gpu);
         let on_cpu = load(name, DType::BF16, &Device::Cpu);
         for (case_idx, case) in tiny_cases(name).iter().enumerate() {
-            let gpu_err = max_abs_diff(&prompt_logits(&on_gpu, DType::BF16, &case.prompt_ids), &case.logits);
-            let cpu_err = max_abs_diff(&prompt_logits(&on_cpu, DType::BF16, &case.prompt_ids), &case.logits);
+            let gpu_err = max_abs_diff(
+                &prompt_logits(&on_gpu, DType::BF16, &case.prompt_ids),
+                &case.logits,
+            );
+            let cpu_err = max_abs_diff(
+                &prompt_logits(&on_cpu, DType::BF16, &case.prompt_ids),
+                &case.logits,
+            );
             println!("{name} case {case_idx}: bf16 error gpu {gpu_err:e}, cpu {cpu_err:e}");
             // Both round to bf16 at the same points; the GPU accumulates in f32 as the CPU
             // does, so its error stays of the CPU's order.
-            assert!(gpu_err <= 2.0 * cpu_err + 1e-2, "{name} case {case_idx}: gpu {gpu_err}, cpu {cpu_err}");
+            assert!(
+                gpu_err <= 2.0 * cpu_err + 1e-2,
+                "{name} case {case_idx}: gpu {gpu_err}, cpu {cpu_err}"
+            );
         }
     }
 }

@@ -41,14 +41,22 @@ fn every_encode_case_gives_the_reference_ids_and_decodes_back_to_the_reference_t
     let tokenizer = tokenizer();
     let cases = cases();
     let encode_cases = cases["encode"].as_array().unwrap();
-    assert!(encode_cases.len() >= 12, "fixture has {} encode cases", encode_cases.len());
+    assert!(
+        encode_cases.len() >= 12,
+        "fixture has {} encode cases",
+        encode_cases.len()
+    );
     for (case_idx, case) in encode_cases.iter().enumerate() {
         let text = case["text"].as_str().unwrap();
         let expected = ids(&case["ids"]);
         let encoded = tokenizer.encode(text, false).unwrap();
         assert_eq!(encoded, expected, "encode case {case_idx}: {text:?}");
         let decoded = tokenizer.decode(&expected, false).unwrap();
-        assert_eq!(decoded, case["decoded"].as_str().unwrap(), "decode case {case_idx}");
+        assert_eq!(
+            decoded,
+            case["decoded"].as_str().unwrap(),
+            "decode case {case_idx}"
+        );
     }
 }
 
@@ -79,7 +87,12 @@ fn special_token_ids_match_the_reference_and_encoding_with_specials_prepends_bos
     let first = &cases["encode"][0];
     let mut expected = vec![bos];
     expected.extend(ids(&first["ids"]));
-    assert_eq!(tokenizer.encode(first["text"].as_str().unwrap(), true).unwrap(), expected);
+    assert_eq!(
+        tokenizer
+            .encode(first["text"].as_str().unwrap(), true)
+            .unwrap(),
+        expected
+    );
 }
 
 #[test]
@@ -105,7 +118,9 @@ fn chat_template_jinja_and_tokenizer_config_give_the_same_template() {
     let tokenizer = tokenizer();
     let special = tokenizer.special_tokens().clone();
     // The directory loader prefers chat_template.jinja (newer transformers save it).
-    let from_dir = ChatTemplate::from_hf_dir(&dir, special.clone()).unwrap().unwrap();
+    let from_dir = ChatTemplate::from_hf_dir(&dir, special.clone())
+        .unwrap()
+        .unwrap();
     let from_jinja = ChatTemplate::from_file(dir.join("chat_template.jinja"), special).unwrap();
     let from_config = template_from_config(&tokenizer);
     assert_eq!(from_dir.source(), from_config.source());

@@ -46,7 +46,10 @@ fn unreachable_hub_for_one_gguf_names_that_file() {
     let spec = ModelSpec::parse("owner/model-GGUF:model.Q4_K_M.gguf").unwrap();
     let err = spec.resolve(&options(&cache, false)).unwrap_err();
     println!("{err}");
-    assert!(matches!(err, SourceError::Download { ref file, .. } if file == "model.Q4_K_M.gguf"), "{err:?}");
+    assert!(
+        matches!(err, SourceError::Download { ref file, .. } if file == "model.Q4_K_M.gguf"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -58,5 +61,8 @@ fn offline_mode_with_an_empty_cache_names_the_file_and_the_cache() {
     println!("{message}");
     assert!(matches!(err, SourceError::NotCached { .. }), "{err:?}");
     assert!(message.contains("config.json"), "{message}");
-    assert!(message.contains(&cache.path().display().to_string()), "{message}");
+    assert!(
+        message.contains(&cache.path().display().to_string()),
+        "{message}"
+    );
 }

@@ -21,8 +21,16 @@ fn load(dir: &Path) -> LoadError {
 fn assert_names(err: &LoadError, file: &Path, problem: &[&str]) {
     let message = err.to_string();
     println!("{message}");
-    assert_eq!(message.matches(&file.display().to_string()).count(), 1, "{message}");
-    assert!(message.contains(&file.display().to_string()), "no {} in: {message}", file.display());
+    assert_eq!(
+        message.matches(&file.display().to_string()).count(),
+        1,
+        "{message}"
+    );
+    assert!(
+        message.contains(&file.display().to_string()),
+        "no {} in: {message}",
+        file.display()
+    );
     for word in problem {
         assert!(message.contains(word), "no `{word}` in: {message}");
     }
@@ -64,10 +72,19 @@ fn edit_safetensors_header(path: &Path, edit: impl FnOnce(&mut Value)) {
 #[test]
 fn unsupported_architecture_names_config_json_and_the_architecture() {
     let dir = TempDir::copy_of_fixture("tiny-qwen2");
-    edit_config(dir.path(), |c| c["architectures"] = serde_json::json!(["MistralForCausalLM"]));
+    edit_config(dir.path(), |c| {
+        c["architectures"] = serde_json::json!(["MistralForCausalLM"])
+    });
     let err = load(dir.path());
-    assert!(matches!(err, LoadError::UnsupportedArchitecture { .. }), "{err:?}");
-    assert_names(&err, &dir.path().join("config.json"), &["unsupported architecture", "MistralForCausalLM"]);
+    assert!(
+        matches!(err, LoadError::UnsupportedArchitecture { .. }),
+        "{err:?}"
+    );
+    assert_names(
+        &err,
+        &dir.path().join("config.json"),
+        &["unsupported architecture", "MistralForCausalLM"],
+    );
 }
 
 #[test]
@@ -79,21 +96,33 @@ fn config_without_any_architecture_is_reported_as_such() {
         c.remove("model_type");
     });
     let err = load(dir.path());
-    assert!(matches!(err, LoadError::UnsupportedArchitecture { .. }), "{err:?}");
+    assert!(
+        matches!(err, LoadError::UnsupportedArchitecture { .. }),
+        "{err:?}"
+    );
     assert_names(&err, &dir.path().join("config.json"), &["<none>"]);
 }
 
 #[test]
 fn unsupported_config_feature_names_config_json_and_the_feature() {
     let dir = TempDir::copy_of_fixture("tiny-llama3");
-    edit_config(dir.path(), |c| c["rope_scaling"]["rope_type"] = "yarn".into());
+    edit_config(dir.path(), |c| {
+        c["rope_scaling"]["rope_type"] = "yarn".into()
+    });
     let err = load(dir.path());
-    assert!(matches!(err, LoadError::UnsupportedFeature { .. }), "{err:?}");
+    assert!(
+        matches!(err, LoadError::UnsupportedFeature { .. }),
+        "{err:?}"
+    );
     assert_names(&err, &dir.path().join("config.json"), &["yarn"]);
 
     let dir = TempDir::copy_of_fixture("tiny-qwen2");
     edit_config(dir.path(), |c| c["hidden_act"] = "gelu".into());
-    assert_names(&load(dir.path()), &dir.path().join("config.json"), &["hidden_act", "gelu"]);
+    assert_names(
+        &load(dir.path()),
+        &dir.path().join("config.json"),
+        &["hidden_act", "gelu"],
+    );
 }
 
 #[test]
@@ -119,7 +148,11 @@ fn missing_config_json_names_the_file() {
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     let err = load(dir.path());
     assert!(matches!(err, LoadError::Io { .. }), "{err:?}");
-    assert_names(&err, &dir.path().join("config.json"), &["cannot read", "No such file"]);
+    assert_names(
+        &err,
+        &dir.path().join("config.json"),
+        &["cannot read", "No such file"],
+    );
 }
 
 #[test]
@@ -128,25 +161,47 @@ fn missing_weights_name_the_directory_and_the_expected_files() {
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let err = load(dir.path());
     assert!(matches!(err, LoadError::Format { .. }), "{err:?}");
-    assert_names(&err, dir.path(), &["model.safetensors", "model.safetensors.index.json"]);
+    assert_names(
+        &err,
+        dir.path(),
+        &["model.safetensors", "model.safetensors.index.json"],
+    );
 }
 
 #[test]
 fn a_shard_the_index_names_but_that_is_missing_is_named() {
     let dir = TempDir::copy_of_fixture("tiny-qwen2");
-    let tensors = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     let weight_map: serde_json::Map<String, Value> = tensors
         .keys()
-        .map(|name| (name.clone(), Value::from("model-00001-of-00001.safetensors")))
+        .map(|name| {
+            (
+                name.clone(),
+                Value::from("model-00001-of-00001.safetensors"),
+            )
+        })
         .collect();
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let err = load(dir.path());
     assert!(matches!(err, LoadError::Format { .. }), "{err:?}");
-    assert_names(&err, &dir.path().join("model-00001-of-00001.safetensors"), &["listed in model.safetensors.index.json", "does not exist"]);
+    assert_names(
+        &err,
+        &dir.path().join("model-00001-of-00001.safetensors"),
+        &["listed in model.safetensors.index.json", "does not exist"],
+    );
 
     // Once the shard is there, the sharded checkpoint loads.
-    std::fs::rename(dir.path().join("model.safetensors"), dir.path().join("model-00001-of-00001.safetensors")).unwrap();
+    std::fs::rename(
+        dir.path().join("model.safetensors"),
+        dir.path().join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
     Model::load_safetensors_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
 }
 
@@ -158,7 +213,11 @@ fn missing_tensor_names_the_file_and_the_tensor() {
     });
     let err = load(dir.path());
     assert!(matches!(err, LoadError::MissingTensor { .. }), "{err:?}");
-    assert_names(&err, &dir.path().join("model.safetensors"), &["model.layers.1.mlp.up_proj.weight", "missing"]);
+    assert_names(
+        &err,
+        &dir.path().join("model.safetensors"),
+        &["model.layers.1.mlp.up_proj.weight", "missing"],
+    );
 }
 
 #[test]
@@ -168,7 +227,11 @@ fn missing_lm_head_of_an_untied_model_is_a_missing_tensor() {
         t.remove("lm_head.weight").unwrap();
     });
     let err = load(dir.path());
-    assert_names(&err, &dir.path().join("model.safetensors"), &["lm_head.weight", "missing"]);
+    assert_names(
+        &err,
+        &dir.path().join("model.safetensors"),
+        &["lm_head.weight", "missing"],
+    );
 }
 
 #[test]
@@ -182,11 +245,20 @@ fn tensor_of_the_wrong_shape_names_the_file_tensor_and_both_shapes() {
         t.insert(name.into(), weight.narrow(0, 0, original[0] / 2).unwrap());
     });
     let err = load(dir.path());
-    let LoadError::ShapeMismatch { expected, found, .. } = &err else { panic!("{err:?}") };
+    let LoadError::ShapeMismatch {
+        expected, found, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
     assert_eq!(expected, &original);
     assert_eq!(found, &[original[0] / 2, original[1]]);
     let shapes = [format!("{found:?}"), format!("{expected:?}")];
-    assert_names(&err, &dir.path().join("model.safetensors"), &[name, "has shape", &shapes[0], &shapes[1]]);
+    assert_names(
+        &err,
+        &dir.path().join("model.safetensors"),
+        &[name, "has shape", &shapes[0], &shapes[1]],
+    );
 
     // A bias of the wrong length too.
     let dir = TempDir::copy_of_fixture("tiny-qwen2");
@@ -195,7 +267,11 @@ fn tensor_of_the_wrong_shape_names_the_file_tensor_and_both_shapes() {
         let b = t[bias].clone();
         t.insert(bias.into(), b.narrow(0, 1, b.dim(0).unwrap() - 1).unwrap());
     });
-    assert_names(&load(dir.path()), &dir.path().join("model.safetensors"), &[bias, "has shape"]);
+    assert_names(
+        &load(dir.path()),
+        &dir.path().join("model.safetensors"),
+        &[bias, "has shape"],
+    );
 }
 
 #[test]
@@ -207,7 +283,11 @@ fn config_that_disagrees_with_the_weights_is_a_shape_mismatch() {
     });
     let err = load(dir.path());
     assert!(matches!(err, LoadError::ShapeMismatch { .. }), "{err:?}");
-    assert_names(&err, &dir.path().join("model.safetensors"), &["model.embed_tokens.weight", "the config implies"]);
+    assert_names(
+        &err,
+        &dir.path().join("model.safetensors"),
+        &["model.embed_tokens.weight", "the config implies"],
+    );
 }
 
 #[test]
@@ -220,8 +300,15 @@ fn tensor_in_an_unsupported_dtype_names_the_file_tensor_and_dtype() {
             t.insert(name.into(), converted);
         });
         let err = load(dir.path());
-        assert!(matches!(err, LoadError::UnsupportedTensorDtype { .. }), "{err:?}");
-        assert_names(&err, &dir.path().join("model.safetensors"), &[name, "unsupported dtype", shown]);
+        assert!(
+            matches!(err, LoadError::UnsupportedTensorDtype { .. }),
+            "{err:?}"
+        );
+        assert_names(
+            &err,
+            &dir.path().join("model.safetensors"),
+            &[name, "unsupported dtype", shown],
+        );
     }
 }
 
@@ -232,7 +319,11 @@ fn dtype_the_safetensors_format_does_not_know_is_a_format_error_naming_the_file(
     edit_safetensors_header(&path, |h| h["model.norm.weight"]["dtype"] = "F7".into());
     let err = load(dir.path());
     assert!(matches!(err, LoadError::Format { .. }), "{err:?}");
-    assert_names(&err, &path, &["not a readable safetensors file", "unknown variant `F7`"]);
+    assert_names(
+        &err,
+        &path,
+        &["not a readable safetensors file", "unknown variant `F7`"],
+    );
 }
 
 #[test]
@@ -248,7 +339,11 @@ fn truncated_safetensors_file_is_a_format_error_naming_it() {
 
 #[test]
 fn compute_dtype_other_than_float_is_refused_before_reading_files() {
-    let err = Model::load_safetensors_dir(&fixture_dir("tiny-qwen2"), DType::U32, &Device::Cpu).unwrap_err();
-    assert!(matches!(err, LoadError::UnsupportedDtype(DType::U32)), "{err:?}");
+    let err = Model::load_safetensors_dir(&fixture_dir("tiny-qwen2"), DType::U32, &Device::Cpu)
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::UnsupportedDtype(DType::U32)),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("use f32, bf16 or f16"), "{err}");
 }

@@ -28,7 +28,11 @@ fn gguf_path() -> Option<PathBuf> {
         return None;
     };
     let path = PathBuf::from(path);
-    assert!(path.is_file(), "ARBOR_SMOLLM2_GGUF={} is not a file", path.display());
+    assert!(
+        path.is_file(),
+        "ARBOR_SMOLLM2_GGUF={} is not a file",
+        path.display()
+    );
     Some(path)
 }
 
@@ -88,7 +92,14 @@ fn q4_1_quantized_weights_agree_with_most_reference_next_tokens() {
         let n_prompt = case.prompt_ids.len();
         let mut tokens = case.prompt_ids.clone();
         tokens.extend_from_slice(&case.greedy_ids[..case.greedy_ids.len() - 1]);
-        let logits = forward_one(&model, &mut kv, &mut seq, &mut dealer, &tokens, LogitsWanted::All);
+        let logits = forward_one(
+            &model,
+            &mut kv,
+            &mut seq,
+            &mut dealer,
+            &tokens,
+            LogitsWanted::All,
+        );
         let predicted = &argmax_rows(&logits)[n_prompt - 1..];
         total += predicted.len();
         agree += predicted
@@ -114,12 +125,19 @@ fn gguf_tokenizer_encodes_every_reference_prompt_to_the_reference_ids() {
     assert!(assets.generation.eos_token_ids.contains(&EOS));
     for (case_idx, case) in cases().iter().enumerate() {
         let encoded = tokenizer.encode(&case.prompt, false).unwrap();
-        assert_eq!(encoded, case.prompt_ids, "case {case_idx}: {:?}", case.prompt);
+        assert_eq!(
+            encoded, case.prompt_ids,
+            "case {case_idx}: {:?}",
+            case.prompt
+        );
         let decoded = tokenizer.decode(&case.prompt_ids, false).unwrap();
         assert_eq!(decoded, case.prompt, "case {case_idx} decoded");
         if case.messages.is_none() {
             // `tokenizer(text)` in transformers adds no BOS for this model.
-            assert_eq!(tokenizer.encode(&case.prompt, true).unwrap(), case.prompt_ids);
+            assert_eq!(
+                tokenizer.encode(&case.prompt, true).unwrap(),
+                case.prompt_ids
+            );
         }
     }
 }
@@ -128,9 +146,17 @@ fn gguf_tokenizer_encodes_every_reference_prompt_to_the_reference_ids() {
 fn chatml_template_from_gguf_metadata_renders_every_chat_case_to_the_reference_prompt() {
     let Some(path) = gguf_path() else { return };
     let assets = ModelAssets::load(&ModelSource::Gguf(path)).unwrap();
-    let template = assets.chat_template.expect("the GGUF holds tokenizer.chat_template");
-    let options = RenderOptions { add_generation_prompt: true, ..RenderOptions::default() };
-    let chat_cases: Vec<Case> = cases().into_iter().filter(|c| c.messages.is_some()).collect();
+    let template = assets
+        .chat_template
+        .expect("the GGUF holds tokenizer.chat_template");
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        ..RenderOptions::default()
+    };
+    let chat_cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| c.messages.is_some())
+        .collect();
     assert_eq!(chat_cases.len(), 3);
     for (case_idx, case) in chat_cases.iter().enumerate() {
         let messages = case.messages.as_ref().unwrap().as_array().unwrap();

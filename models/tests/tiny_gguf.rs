@@ -42,7 +42,10 @@ fn gguf_name(hf: &str) -> String {
         ("mlp.down_proj", "ffn_down"),
     ];
     let (module, suffix) = part.rsplit_once('.').unwrap();
-    let (_, gguf) = parts.iter().find(|(name, _)| *name == module).expect("known module");
+    let (_, gguf) = parts
+        .iter()
+        .find(|(name, _)| *name == module)
+        .expect("known module");
     format!("blk.{layer}.{gguf}.{suffix}")
 }
 
@@ -67,23 +70,45 @@ fn gguf_metadata() -> Vec<(String, Value)> {
     vec![
         ("general.architecture".into(), Value::String("qwen2".into())),
         ("qwen2.block_count".into(), int("num_hidden_layers")),
-        ("qwen2.context_length".into(), int("max_position_embeddings")),
+        (
+            "qwen2.context_length".into(),
+            int("max_position_embeddings"),
+        ),
         ("qwen2.embedding_length".into(), int("hidden_size")),
         ("qwen2.feed_forward_length".into(), int("intermediate_size")),
-        ("qwen2.attention.head_count".into(), int("num_attention_heads")),
-        ("qwen2.attention.head_count_kv".into(), int("num_key_value_heads")),
-        ("qwen2.attention.layer_norm_rms_epsilon".into(), float("rms_norm_eps")),
+        (
+            "qwen2.attention.head_count".into(),
+            int("num_attention_heads"),
+        ),
+        (
+            "qwen2.attention.head_count_kv".into(),
+            int("num_key_value_heads"),
+        ),
+        (
+            "qwen2.attention.layer_norm_rms_epsilon".into(),
+            float("rms_norm_eps"),
+        ),
         ("qwen2.rope.freq_base".into(), float("rope_theta")),
     ]
 }
 
 /// Writes a GGUF of `metadata` and `tensors` (stored as `dtype`) to `path`.
-fn write_gguf(path: &Path, metadata: &[(String, Value)], tensors: &HashMap<String, Tensor>, dtype: GgmlDType) {
+fn write_gguf(
+    path: &Path,
+    metadata: &[(String, Value)],
+    tensors: &HashMap<String, Tensor>,
+    dtype: GgmlDType,
+) {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let quantized: Vec<(&str, QTensor)> = names
         .iter()
-        .map(|name| (name.as_str(), QTensor::quantize(&tensors[*name], dtype).unwrap()))
+        .map(|name| {
+            (
+                name.as_str(),
+                QTensor::quantize(&tensors[*name], dtype).unwrap(),
+            )
+        })
         .collect();
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, t)| (*n, t)).collect();
@@ -92,7 +117,9 @@ fn write_gguf(path: &Path, metadata: &[(String, Value)], tensors: &HashMap<Strin
 }
 
 /// A temp dir holding `model.gguf`, written after `edit` changes metadata or tensors.
-fn broken_gguf(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut HashMap<String, Tensor>)) -> (TempDir, std::path::PathBuf) {
+fn broken_gguf(
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut HashMap<String, Tensor>),
+) -> (TempDir, std::path::PathBuf) {
     let dir = TempDir::new("tiny-gguf");
     let path = dir.path().join("model.gguf");
     let (mut metadata, mut tensors) = (gguf_metadata(), gguf_tensors());
@@ -109,7 +136,11 @@ fn load(path: &Path) -> LoadError {
 fn assert_names(err: &LoadError, file: &Path, problem: &[&str]) {
     let message = err.to_string();
     println!("{message}");
-    assert_eq!(message.matches(&file.display().to_string()).count(), 1, "{message}");
+    assert_eq!(
+        message.matches(&file.display().to_string()).count(),
+        1,
+        "{message}"
+    );
     for word in problem {
         assert!(message.contains(word), "no `{word}` in: {message}");
     }
@@ -123,7 +154,8 @@ fn qwen2_gguf_written_from_the_tiny_fixture_matches_transformers_logits_in_both_
     write_gguf(&path, &gguf_metadata(), &gguf_tensors(), GgmlDType::F32);
     for mode in [WeightMode::Dequantized(DType::F32), WeightMode::Quantized] {
         let model = Model::load_gguf(&path, mode, &Device::Cpu).unwrap();
-        let reference = Model::load_safetensors_dir(&fixture_dir(FIXTURE), DType::F32, &Device::Cpu).unwrap();
+        let reference =
+            Model::load_safetensors_dir(&fixture_dir(FIXTURE), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(model.config().vocab_size, reference.config().vocab_size);
         assert_eq!(model.config().n_kv_heads, reference.config().n_kv_heads);
         assert!(model.config().qkv_bias && !model.config().tie_word_embeddings);
@@ -131,13 +163,23 @@ fn qwen2_gguf_written_from_the_tiny_fixture_matches_transformers_logits_in_both_
             let mut kv = model.new_kv_cache(32, 16, DType::F32).unwrap();
             let mut dealer = PageDealer::new(32);
             let mut seq = TestSeq::new();
-            let logits =
-                forward_one(&model, &mut kv, &mut seq, &mut dealer, &case.prompt_ids, LogitsWanted::All);
+            let logits = forward_one(
+                &model,
+                &mut kv,
+                &mut seq,
+                &mut dealer,
+                &case.prompt_ids,
+                LogitsWanted::All,
+            );
             let err = max_abs_diff(&logits, &case.logits);
             println!("GGUF {mode:?} case {case_idx}: max error {err:e}");
             assert!(err < 1e-4, "{mode:?} case {case_idx}: max error {err}");
             let mut kv = model.new_kv_cache(32, 16, DType::F32).unwrap();
-            assert_eq!(greedy(&model, &mut kv, &case.prompt_ids, 16), case.greedy_16, "{mode:?} case {case_idx}");
+            assert_eq!(
+                greedy(&model, &mut kv, &case.prompt_ids, 16),
+                case.greedy_16,
+                "{mode:?} case {case_idx}"
+            );
         }
     }
 }
@@ -155,7 +197,10 @@ fn missing_gguf_file_is_an_io_error_naming_it() {
 fn unsupported_gguf_architecture_names_the_file_and_the_architecture() {
     let (_dir, path) = broken_gguf(|meta, _| meta[0].1 = Value::String("gemma2".into()));
     let err = load(&path);
-    assert!(matches!(err, LoadError::UnsupportedArchitecture { .. }), "{err:?}");
+    assert!(
+        matches!(err, LoadError::UnsupportedArchitecture { .. }),
+        "{err:?}"
+    );
     assert_names(&err, &path, &["unsupported architecture", "gemma2"]);
 }
 
@@ -183,11 +228,18 @@ fn gguf_tensor_of_the_wrong_shape_names_the_file_tensor_and_both_shapes() {
         let k = tensors["blk.0.attn_k.weight"].clone();
         // Fresh storage: `QTensor::quantize` reads a view's whole backing buffer.
         let rows = k.narrow(0, 0, 32).unwrap().to_vec2::<f32>().unwrap();
-        tensors.insert("blk.0.attn_k.weight".into(), Tensor::new(rows, &Device::Cpu).unwrap());
+        tensors.insert(
+            "blk.0.attn_k.weight".into(),
+            Tensor::new(rows, &Device::Cpu).unwrap(),
+        );
     });
     let err = load(&path);
     assert!(matches!(err, LoadError::ShapeMismatch { .. }), "{err:?}");
-    assert_names(&err, &path, &["blk.0.attn_k.weight", "[32, 128]", "[64, 128]"]);
+    assert_names(
+        &err,
+        &path,
+        &["blk.0.attn_k.weight", "[32, 128]", "[64, 128]"],
+    );
 }
 
 #[test]
@@ -201,12 +253,20 @@ fn unknown_gguf_tensor_type_names_the_file_and_the_problem() {
     let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
     let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let type_at = at + 4 + 8 * n_dims;
-    assert_eq!(&bytes[type_at..type_at + 4], &0u32.to_le_bytes(), "f32 type code");
+    assert_eq!(
+        &bytes[type_at..type_at + 4],
+        &0u32.to_le_bytes(),
+        "f32 type code"
+    );
     bytes[type_at..type_at + 4].copy_from_slice(&99u32.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
     let err = load(&path);
     assert!(matches!(err, LoadError::Format { .. }), "{err:?}");
-    assert_names(&err, &path, &["not a readable GGUF file", "unknown dtype", "99"]);
+    assert_names(
+        &err,
+        &path,
+        &["not a readable GGUF file", "unknown dtype", "99"],
+    );
 }
 
 #[test]

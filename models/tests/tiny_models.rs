@@ -32,7 +32,10 @@ fn whole_prompt_logits_match_transformers_at_every_position() {
             );
             let err = max_abs_diff(&logits, &case.logits);
             println!("{name} case {case_idx}: max error {err:e}");
-            assert!(err < F32_TOLERANCE, "{name} case {case_idx}: max error {err}");
+            assert!(
+                err < F32_TOLERANCE,
+                "{name} case {case_idx}: max error {err}"
+            );
         }
     }
 }
@@ -67,8 +70,14 @@ fn chunked_prefill_then_single_token_steps_give_the_same_logits() {
                     }
                     let end = (start + chunk).min(prompt.len());
                     let tokens = &prompt[start..end];
-                    let logits =
-                        forward_one(&model, &mut kv, &mut seq, &mut dealer, tokens, LogitsWanted::All);
+                    let logits = forward_one(
+                        &model,
+                        &mut kv,
+                        &mut seq,
+                        &mut dealer,
+                        tokens,
+                        LogitsWanted::All,
+                    );
                     rows.push(logits);
                     start = end;
                 }
@@ -120,9 +129,12 @@ fn batches_mixing_prefill_and_decode_match_single_sequence_results() {
                         _ => LogitsWanted::All,
                     };
                     batch.token_ids.extend_from_slice(&prompt[fed[j]..end]);
-                    batch
-                        .sequences
-                        .push(seqs[j].input(end - fed[j], page_size, &mut dealer, logits));
+                    batch.sequences.push(seqs[j].input(
+                        end - fed[j],
+                        page_size,
+                        &mut dealer,
+                        logits,
+                    ));
                     members.push((j, fed[j], end, logits));
                     fed[j] = end;
                 }
@@ -143,12 +155,18 @@ fn batches_mixing_prefill_and_decode_match_single_sequence_results() {
             for (j, case) in cases.iter().enumerate() {
                 let got = Tensor::cat(&rows[j], 0).unwrap();
                 let err = max_abs_diff(&got, &case.logits);
-                assert!(err < F32_TOLERANCE, "{name} page size {page_size} case {j}: {err}");
+                assert!(
+                    err < F32_TOLERANCE,
+                    "{name} page size {page_size} case {j}: {err}"
+                );
             }
 
             let decoded = decode_together(&model, &mut kv, &mut seqs, &mut dealer, &cases);
             for (j, case) in cases.iter().enumerate() {
-                assert_eq!(decoded[j], case.greedy_16, "{name} page size {page_size} case {j}");
+                assert_eq!(
+                    decoded[j], case.greedy_16,
+                    "{name} page size {page_size} case {j}"
+                );
             }
         }
     }

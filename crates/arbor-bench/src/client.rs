@@ -293,9 +293,8 @@ fn outcome(
     };
     let latency = stream.last_event.unwrap_or(ttft);
     let output_len = stream.completion_tokens.unwrap_or(retokenized);
-    let short_output = forced_len.is_some_and(|wanted| {
-        falls_short(output_len, wanted, stream.completion_tokens.is_some())
-    });
+    let short_output = forced_len
+        .is_some_and(|wanted| falls_short(output_len, wanted, stream.completion_tokens.is_some()));
     RequestOutcome {
         success: true,
         error: None,

@@ -309,8 +309,15 @@ pub fn comparison_table(runs: &[Run], baseline: &str) -> Result<String, BenchErr
     type LoadKey = (String, Option<usize>, String);
     let mut latest: BTreeMap<LoadKey, BTreeMap<String, &Run>> = BTreeMap::new();
     for run in runs {
-        let key = (run.workload.clone(), run.max_concurrency, format_rate(run.request_rate));
-        latest.entry(key).or_default().insert(run.label.clone(), run);
+        let key = (
+            run.workload.clone(),
+            run.max_concurrency,
+            format_rate(run.request_rate),
+        );
+        latest
+            .entry(key)
+            .or_default()
+            .insert(run.label.clone(), run);
     }
 
     let mut table = Table::new(&[

@@ -176,7 +176,8 @@ async fn random_run_produces_a_record_with_sglang_metric_keys() {
     assert!(
         bodies[1..]
             .iter()
-            .any(|b| b["max_tokens"] == bodies[0]["max_tokens"] && b["prompt"] == bodies[0]["prompt"])
+            .any(|b| b["max_tokens"] == bodies[0]["max_tokens"]
+                && b["prompt"] == bodies[0]["prompt"])
     );
 
     let dir = tempfile::tempdir().unwrap();

@@ -57,7 +57,10 @@ fn main() -> anyhow::Result<()> {
 /// Part 1: decode throughput against the number of concurrent sequences.
 async fn batching(model: &str) -> anyhow::Result<()> {
     let engine = Engine::load(model, &LoadOptions::default(), EngineConfig::default())?;
-    let tokenizer = engine.tokenizer().context("the model has a tokenizer")?.clone();
+    let tokenizer = engine
+        .tokenizer()
+        .context("the model has a tokenizer")?
+        .clone();
     let prompts: Vec<Vec<u32>> = (0..16)
         .map(|i| exact_tokens(&tokenizer, &story_text(i), BATCH_PROMPT_TOKENS))
         .collect::<anyhow::Result<_>>()?;
@@ -78,7 +81,10 @@ async fn batching(model: &str) -> anyhow::Result<()> {
         engine.flush_cache().await?;
         let throughput = decode_throughput(&usages);
         let step_ms = 1e3 * n as f64 / throughput;
-        println!("| {n:>9} | {throughput:>12.1} | {step_ms:>11.1} | {:>6.2} |", wall.as_secs_f64());
+        println!(
+            "| {n:>9} | {throughput:>12.1} | {step_ms:>11.1} | {:>6.2} |",
+            wall.as_secs_f64()
+        );
         match n {
             1 => single = Some(throughput),
             16 => sixteen = Some(throughput),
@@ -113,7 +119,11 @@ async fn run_decode(engine: &Engine, prompts: &[Vec<u32>]) -> anyhow::Result<Vec
 /// the earliest first token to the latest finish (all requests were submitted together).
 fn decode_throughput(usages: &[Usage]) -> f64 {
     let n_tokens: usize = usages.iter().map(|u| u.completion_tokens - 1).sum();
-    let first = usages.iter().filter_map(|u| u.time_to_first_token).min().unwrap_or_default();
+    let first = usages
+        .iter()
+        .filter_map(|u| u.time_to_first_token)
+        .min()
+        .unwrap_or_default();
     let last = usages.iter().map(|u| u.e2e_time).max().unwrap_or_default();
     n_tokens as f64 / (last - first).as_secs_f64()
 }
@@ -125,17 +135,29 @@ async fn shared_prefix(model: &str) -> anyhow::Result<()> {
          system prompt, {QUESTION_TOKENS}-token questions, {PREFIX_OUTPUT_TOKENS} output tokens, \
          {IN_FLIGHT} in flight"
     );
-    let (g, p, s, q) = (GROUPS as f64, PROMPTS_PER_GROUP as f64, SYSTEM_TOKENS as f64, QUESTION_TOKENS as f64);
+    let (g, p, s, q) = (
+        GROUPS as f64,
+        PROMPTS_PER_GROUP as f64,
+        SYSTEM_TOKENS as f64,
+        QUESTION_TOKENS as f64,
+    );
     let ideal = 1.0 - (g * s + g * p * q) / (g * p * (s + q));
-    println!("| radix cache | wall s | prompt tokens | prefill tokens | hit tokens | hit rate | ideal |");
-    println!("|-------------|--------|---------------|----------------|------------|----------|-------|");
+    println!(
+        "| radix cache | wall s | prompt tokens | prefill tokens | hit tokens | hit rate | ideal |"
+    );
+    println!(
+        "|-------------|--------|---------------|----------------|------------|----------|-------|"
+    );
     for disable_radix_cache in [false, true] {
         let config = EngineConfig {
             disable_radix_cache,
             ..EngineConfig::default()
         };
         let engine = Engine::load(model, &LoadOptions::default(), config)?;
-        let tokenizer = engine.tokenizer().context("the model has a tokenizer")?.clone();
+        let tokenizer = engine
+            .tokenizer()
+            .context("the model has a tokenizer")?
+            .clone();
         let prompts = prefix_prompts(&tokenizer)?;
 
         // Warm-up on unrelated prompts, then an empty cache and fresh counters.
@@ -224,8 +246,18 @@ fn exact_tokens(tokenizer: &Tokenizer, text: &str, n_tokens: usize) -> anyhow::R
 }
 
 fn story_text(i: usize) -> String {
-    let subjects = ["a lighthouse keeper", "a young fox", "an old clockmaker", "a tired robot"];
-    let places = ["by the sea", "in a quiet forest", "under the city", "on a distant moon"];
+    let subjects = [
+        "a lighthouse keeper",
+        "a young fox",
+        "an old clockmaker",
+        "a tired robot",
+    ];
+    let places = [
+        "by the sea",
+        "in a quiet forest",
+        "under the city",
+        "on a distant moon",
+    ];
     format!(
         "Story {i}: Once upon a time there was {} who lived {} and dreamed every night of \
          something new and strange.",

@@ -16,15 +16,22 @@ use arbor_engine::{
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model = args.next().context("usage: generate MODEL [PROMPT] [MAX_TOKENS]")?;
-    let prompt = args.next().unwrap_or_else(|| "The capital of France is".to_string());
+    let model = args
+        .next()
+        .context("usage: generate MODEL [PROMPT] [MAX_TOKENS]")?;
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "The capital of France is".to_string());
     let max_tokens: usize = match args.next() {
         Some(n) => n.parse().context("MAX_TOKENS must be a number")?,
         None => 32,
     };
 
     // One prompt needs little KV memory; the default budget is 1 GiB.
-    let config = EngineConfig { kv_cache: KvBudget::Bytes(256 << 20), ..EngineConfig::default() };
+    let config = EngineConfig {
+        kv_cache: KvBudget::Bytes(256 << 20),
+        ..EngineConfig::default()
+    };
     let engine = Engine::load(&model, &LoadOptions::default(), config)?;
     let tokenizer = engine.tokenizer().context("this model has no tokenizer")?;
     let prompt_ids = tokenizer.encode(&prompt, true)?;

@@ -537,6 +537,9 @@ mod tests {
             e2e_time: Duration::from_millis(500),
             ..Usage::default()
         };
-        assert_eq!(usage.time_per_output_token(), Some(Duration::from_millis(100)));
+        assert_eq!(
+            usage.time_per_output_token(),
+            Some(Duration::from_millis(100))
+        );
     }
 }

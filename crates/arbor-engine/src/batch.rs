@@ -38,10 +38,15 @@ impl BatchBuilder {
         let batch = &mut self.batch;
         batch.token_ids.clear();
         let mut next_old = 0;
-        let scheduled = running.iter().enumerate().filter(|(_, s)| s.n_scheduled > 0);
+        let scheduled = running
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.n_scheduled > 0);
         for (run_idx, seq) in scheduled {
             let end = seq.n_computed + seq.n_scheduled;
-            batch.token_ids.extend_from_slice(&seq.tokens[seq.n_computed..end]);
+            batch
+                .token_ids
+                .extend_from_slice(&seq.tokens[seq.n_computed..end]);
             let logits = if end == seq.tokens.len() {
                 LogitsWanted::Last
             } else {
@@ -72,7 +77,9 @@ impl BatchBuilder {
 /// The entry of `id` among `ids[from..]` (looking at most `REUSE_LOOKAHEAD` ahead).
 fn find_entry(ids: &[SequenceId], from: usize, id: SequenceId) -> Option<usize> {
     let mut window = ids.get(from..)?.iter().take(REUSE_LOOKAHEAD);
-    window.position(|&other| other == id).map(|offset| from + offset)
+    window
+        .position(|&other| other == id)
+        .map(|offset| from + offset)
 }
 
 /// `table`, last step's page table of `seq`, extended to all of `seq`'s pages; copied
@@ -80,7 +87,9 @@ fn find_entry(ids: &[SequenceId], from: usize, id: SequenceId) -> Option<usize> 
 fn extend_table(mut table: Vec<u32>, seq: &Sequence) -> Vec<u32> {
     let n_old = table.len();
     let is_prefix = n_old <= seq.pages.len()
-        && table.last().is_none_or(|&page| seq.pages[n_old - 1].0 == page);
+        && table
+            .last()
+            .is_none_or(|&page| seq.pages[n_old - 1].0 == page);
     if !is_prefix {
         table.clear();
     }

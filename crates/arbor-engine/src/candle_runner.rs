@@ -34,7 +34,12 @@ pub struct CandleRunner {
 impl CandleRunner {
     /// Wraps a loaded model. `tokenizer` (if any) decodes output text; `eos_token_ids`
     /// end sequences unless a request ignores them.
-    pub fn new(model: Model, name: String, eos_token_ids: Vec<u32>, tokenizer: Option<Tokenizer>) -> Self {
+    pub fn new(
+        model: Model,
+        name: String,
+        eos_token_ids: Vec<u32>,
+        tokenizer: Option<Tokenizer>,
+    ) -> Self {
         let decoder = tokenizer.map(|t| Arc::new(TokenizerDecoder(t)) as Arc<dyn TokenDecoder>);
         Self {
             model,
@@ -142,8 +147,13 @@ impl Engine {
             tokenizer: loaded.tokenizer.map(Arc::new),
             chat_template: loaded.chat_template,
         };
-        let engine = Engine::spawn(Box::new(loaded.runner), config, StartOptions::default(), assets)
-            .with_context(|| format!("cannot start the engine for {model}"))?;
+        let engine = Engine::spawn(
+            Box::new(loaded.runner),
+            config,
+            StartOptions::default(),
+            assets,
+        )
+        .with_context(|| format!("cannot start the engine for {model}"))?;
         Ok(engine)
     }
 }
@@ -168,18 +178,28 @@ fn load_dir(dir: &Path, dtype: ModelDType, device: &Device) -> anyhow::Result<Lo
     let model = Model::load_safetensors_dir(dir, dtype, device)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let tokenizer = if dir.join("tokenizer.json").is_file() {
-        Some(Tokenizer::from_hf_dir(dir).with_context(|| format!("tokenizer of {}", dir.display()))?)
+        Some(
+            Tokenizer::from_hf_dir(dir)
+                .with_context(|| format!("tokenizer of {}", dir.display()))?,
+        )
     } else {
         None
     };
-    let special = tokenizer.as_ref().map(|t| t.special_tokens().clone()).unwrap_or_default();
+    let special = tokenizer
+        .as_ref()
+        .map(|t| t.special_tokens().clone())
+        .unwrap_or_default();
     let chat_template = ChatTemplate::from_hf_dir(dir, special)
         .with_context(|| format!("chat template of {}", dir.display()))?;
     let generation = GenerationConfig::from_hf_dir(dir, tokenizer.as_ref())
         .with_context(|| format!("generation config of {}", dir.display()))?;
     let name = display_name(dir);
     let runner = CandleRunner::new(model, name, generation.eos_token_ids, tokenizer.clone());
-    Ok(Loaded { runner, tokenizer, chat_template })
+    Ok(Loaded {
+        runner,
+        tokenizer,
+        chat_template,
+    })
 }
 
 fn load_gguf_file(path: &Path, dtype: ModelDType, device: &Device) -> anyhow::Result<Loaded> {
@@ -194,16 +214,25 @@ fn load_gguf_file(path: &Path, dtype: ModelDType, device: &Device) -> anyhow::Re
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = gguf_file::Content::read(&mut BufReader::new(file))
         .with_context(|| format!("cannot read the GGUF header of {}", path.display()))?;
-    let tokenizer =
-        Tokenizer::from_gguf(&content).with_context(|| format!("tokenizer of {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&content)
+        .with_context(|| format!("tokenizer of {}", path.display()))?;
     let chat_template = ChatTemplate::from_gguf(&content, tokenizer.special_tokens().clone())
         .with_context(|| format!("chat template of {}", path.display()))?;
     let mut generation = GenerationConfig::from_gguf(&content)
         .with_context(|| format!("generation config of {}", path.display()))?;
     generation.add_tokenizer_ids(&tokenizer);
     let name = display_name(path);
-    let runner = CandleRunner::new(model, name, generation.eos_token_ids, Some(tokenizer.clone()));
-    Ok(Loaded { runner, tokenizer: Some(tokenizer), chat_template })
+    let runner = CandleRunner::new(
+        model,
+        name,
+        generation.eos_token_ids,
+        Some(tokenizer.clone()),
+    );
+    Ok(Loaded {
+        runner,
+        tokenizer: Some(tokenizer),
+        chat_template,
+    })
 }
 
 fn display_name(path: &Path) -> String {

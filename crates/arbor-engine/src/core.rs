@@ -13,8 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, debug_span};
 
 use crate::api::{
-    EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo,
-    RequestId,
+    EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo, RequestId,
 };
 use crate::batch::BatchBuilder;
 use crate::clock::{Clock, SystemClock};
@@ -208,8 +207,13 @@ impl EngineCore {
     /// `EngineError::Forward`; the engine stays usable.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {
         let step_idx = self.counters.steps;
-        let span = debug_span!("step", step = step_idx, n_prefill = tracing::field::Empty,
-            n_decode = tracing::field::Empty, n_free_pages = self.kv.pool.n_free());
+        let span = debug_span!(
+            "step",
+            step = step_idx,
+            n_prefill = tracing::field::Empty,
+            n_decode = tracing::field::Empty,
+            n_free_pages = self.kv.pool.n_free()
+        );
         let _enter = span.enter();
 
         let now = self.clock.now();
@@ -239,7 +243,11 @@ impl EngineCore {
         let logits = match self.runner.forward(batch) {
             Ok(logits) if logits.n_rows() == batch.n_logit_rows() => logits,
             Ok(logits) => {
-                let msg = format!("{} logit rows for {}", logits.n_rows(), batch.n_logit_rows());
+                let msg = format!(
+                    "{} logit rows for {}",
+                    logits.n_rows(),
+                    batch.n_logit_rows()
+                );
                 return Err(self.fail_batch(msg));
             }
             Err(e) => return Err(self.fail_batch(e.to_string())),
@@ -250,7 +258,11 @@ impl EngineCore {
         self.counters.prefill_tokens += report.n_prefill_tokens as u64;
         report.n_sequences = batch.sequences.len();
         self.batch_builder = builder;
-        debug!(n_sequences = report.n_sequences, n_finished = report.n_finished, "step done");
+        debug!(
+            n_sequences = report.n_sequences,
+            n_finished = report.n_finished,
+            "step done"
+        );
         Ok(report)
     }
 
@@ -259,8 +271,7 @@ impl EngineCore {
     pub fn abort(&mut self, id: RequestId) {
         let mut seqs = self.scheduler.waiting.remove_request(id);
         let running = std::mem::take(&mut self.scheduler.running);
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            running.into_iter().partition(|s| s.request_id == id);
+        let (gone, kept): (Vec<_>, Vec<_>) = running.into_iter().partition(|s| s.request_id == id);
         self.scheduler.running = kept;
         seqs.extend(gone);
         for seq in seqs {
@@ -299,7 +310,10 @@ impl EngineCore {
             .iter()
             .find(|s| !s.pages.is_empty() || s.locked_node.is_some())
         {
-            return Err(format!("waiting sequence {} holds pages or a lock", seq.id.0));
+            return Err(format!(
+                "waiting sequence {} holds pages or a lock",
+                seq.id.0
+            ));
         }
         let page_size = self.kv.page_size();
         if let Some(seq) = self
@@ -308,7 +322,10 @@ impl EngineCore {
             .iter()
             .find(|s| s.pages.len() * page_size < s.n_computed)
         {
-            return Err(format!("sequence {} has fewer pages than computed tokens", seq.id.0));
+            return Err(format!(
+                "sequence {} has fewer pages than computed tokens",
+                seq.id.0
+            ));
         }
         let held: Vec<PageId> = self
             .scheduler
@@ -316,7 +333,9 @@ impl EngineCore {
             .iter()
             .flat_map(|s| s.pages.iter().copied())
             .collect();
-        self.kv.check_invariants(&held).map_err(|e: InvariantError| e.to_string())
+        self.kv
+            .check_invariants(&held)
+            .map_err(|e: InvariantError| e.to_string())
     }
 
     /// Pages neither free nor evictable: held by running sequences or locked for them.
@@ -406,7 +425,12 @@ use crate::api::SamplingParams;
 /// Fills in `max_context_tokens` and checks the limits are usable.
 fn resolve_config(mut config: EngineConfig, info: &ModelInfo) -> Result<EngineConfig, EngineError> {
     let model_limit = info.max_context_tokens;
-    config.max_context_tokens = Some(config.max_context_tokens.unwrap_or(model_limit).min(model_limit));
+    config.max_context_tokens = Some(
+        config
+            .max_context_tokens
+            .unwrap_or(model_limit)
+            .min(model_limit),
+    );
     let positive = [
         ("page_size", config.page_size),
         ("max_running_requests", config.max_running_requests),
@@ -420,23 +444,32 @@ fn resolve_config(mut config: EngineConfig, info: &ModelInfo) -> Result<EngineCo
 }
 
 /// Pages of `config.page_size` slots that `config.kv_cache` affords.
-fn n_pages_for_budget(runner: &dyn ModelRunner, config: &EngineConfig) -> Result<usize, EngineError> {
+fn n_pages_for_budget(
+    runner: &dyn ModelRunner,
+    config: &EngineConfig,
+) -> Result<usize, EngineError> {
     let page_bytes = (runner.kv_bytes_per_token() * config.page_size).max(1) as u64;
     let n_pages = match config.kv_cache {
         KvBudget::Pages(n) => n,
         KvBudget::Bytes(bytes) => (bytes / page_bytes) as usize,
         KvBudget::Fraction(fraction) => {
             if !(fraction > 0.0 && fraction <= 1.0) {
-                return Err(EngineError::Load("kv cache fraction must be in (0, 1]".into()));
+                return Err(EngineError::Load(
+                    "kv cache fraction must be in (0, 1]".into(),
+                ));
             }
             let free = runner.free_memory_bytes().ok_or_else(|| {
-                EngineError::Load("free memory is unknown: give the kv cache in bytes or pages".into())
+                EngineError::Load(
+                    "free memory is unknown: give the kv cache in bytes or pages".into(),
+                )
             })?;
             (free as f64 * fraction as f64 / page_bytes as f64) as usize
         }
     };
     if n_pages == 0 {
-        return Err(EngineError::Load("kv cache budget is smaller than one page".into()));
+        return Err(EngineError::Load(
+            "kv cache budget is smaller than one page".into(),
+        ));
     }
     Ok(n_pages)
 }
@@ -455,8 +488,15 @@ pub(crate) fn validate_request(
         return Err(EngineError::InvalidParams("n must be at least 1".into()));
     }
     request.params.validate()?;
-    if let Some(&token_id) = request.prompt_ids.iter().find(|&&id| id as usize >= info.vocab_size) {
-        return Err(EngineError::TokenOutOfRange { token_id, vocab_size: info.vocab_size });
+    if let Some(&token_id) = request
+        .prompt_ids
+        .iter()
+        .find(|&&id| id as usize >= info.vocab_size)
+    {
+        return Err(EngineError::TokenOutOfRange {
+            token_id,
+            vocab_size: info.vocab_size,
+        });
     }
     let limit = config.max_context_tokens.unwrap_or(info.max_context_tokens);
     let n_tokens = request.prompt_ids.len() + request.params.max_tokens;
@@ -465,7 +505,10 @@ pub(crate) fn validate_request(
     }
     let n_pages = (request.prompt_ids.len() + 1).div_ceil(config.page_size);
     if n_pages > n_pages_total {
-        return Err(EngineError::TooLargeForCache { n_pages, capacity: n_pages_total });
+        return Err(EngineError::TooLargeForCache {
+            n_pages,
+            capacity: n_pages_total,
+        });
     }
     Ok(())
 }

@@ -55,7 +55,10 @@ impl Engine {
     /// Starts an engine over any `ModelRunner` (the fake model in tests, or an adapter
     /// of your own), with the system clock. Fails if the KV budget gives no page or the
     /// runner cannot allocate it.
-    pub fn start(runner: Box<dyn ModelRunner>, config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(
+        runner: Box<dyn ModelRunner>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
         Self::start_with(runner, config, StartOptions::default())
     }
 
@@ -114,14 +117,21 @@ impl Engine {
         let n_waiting = inner.shared.n_waiting.load(Ordering::Acquire)
             + inner.shared.n_in_channel.load(Ordering::Acquire);
         if n_waiting >= inner.config.max_waiting_requests {
-            return Err(EngineError::QueueFull { limit: inner.config.max_waiting_requests });
+            return Err(EngineError::QueueFull {
+                limit: inner.config.max_waiting_requests,
+            });
         }
         let id = RequestId(inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (events, receiver) = unbounded_channel();
         let n_unfinished = request.n;
         inner.shared.n_in_channel.fetch_add(1, Ordering::AcqRel);
         let submitted_at = inner.clock.now();
-        let command = Command::Submit { id, request, events, submitted_at };
+        let command = Command::Submit {
+            id,
+            request,
+            events,
+            submitted_at,
+        };
         if inner.commands.send(command).is_err() {
             inner.shared.n_in_channel.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::Stopped);
@@ -192,7 +202,11 @@ impl Engine {
 impl Inner {
     fn stop(&self) {
         let _ = self.commands.send(Command::Shutdown);
-        let thread = self.thread.lock().expect("thread lock is never poisoned").take();
+        let thread = self
+            .thread
+            .lock()
+            .expect("thread lock is never poisoned")
+            .take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }

@@ -54,14 +54,17 @@ pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
 
 fn from_hf_dir(dir: &Path, dtype: ModelDType) -> anyhow::Result<ModelFootprint> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let shape = ModelShape::from_hf_config(&config).with_context(|| path.display().to_string())?;
     let bytes = float_bytes(dtype).unwrap_or(4);
     Ok(ModelFootprint {
         shape,
-        weights: WeightFormat::Dense { bytes_per_param: bytes },
+        weights: WeightFormat::Dense {
+            bytes_per_param: bytes,
+        },
         kv_dtype_bytes: bytes,
     })
 }
@@ -74,12 +77,16 @@ fn from_gguf_file(path: &Path, dtype: ModelDType) -> anyhow::Result<ModelFootpri
     let footprint = match float_bytes(dtype) {
         Some(bytes) => ModelFootprint {
             shape,
-            weights: WeightFormat::Dense { bytes_per_param: bytes },
+            weights: WeightFormat::Dense {
+                bytes_per_param: bytes,
+            },
             kv_dtype_bytes: bytes,
         },
         None => ModelFootprint {
             shape,
-            weights: WeightFormat::GgufFile { bytes: gguf_tensor_bytes(&content) },
+            weights: WeightFormat::GgufFile {
+                bytes: gguf_tensor_bytes(&content),
+            },
             kv_dtype_bytes: 4,
         },
     };
@@ -107,7 +114,8 @@ fn gguf_shape(content: &Content) -> anyhow::Result<ModelShape> {
         let signed = || value.to_i32().ok().and_then(|v| u64::try_from(v).ok());
         value.to_u64().ok().or_else(signed).map(|v| v as usize)
     };
-    let required = |key: &str| number(key).with_context(|| format!("metadata `{arch}.{key}` is missing"));
+    let required =
+        |key: &str| number(key).with_context(|| format!("metadata `{arch}.{key}` is missing"));
     let embed = content
         .tensor_infos
         .get("token_embd.weight")
@@ -145,7 +153,9 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name)
     }
 
     #[test]
@@ -162,20 +172,31 @@ mod tests {
     #[test]
     fn a_gguf_header_gives_the_shape_and_the_stored_tensor_bytes() {
         let Ok(path) = std::env::var("ARBOR_SMOLLM2_GGUF") else {
-            println!("skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (scripts/fetch-smollm2.sh)");
+            println!(
+                "skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (scripts/fetch-smollm2.sh)"
+            );
             return;
         };
         let footprint = ModelFootprint::from_path(Path::new(&path), ModelDType::Auto).unwrap();
         // SmolLM2-135M: 30 layers, hidden 576, 9 heads of 64, 3 KV heads, tied embeddings.
         let shape = &footprint.shape;
-        assert_eq!((shape.n_layers, shape.hidden_size, shape.n_heads), (30, 576, 9));
-        assert_eq!((shape.n_kv_heads, shape.head_dim, shape.vocab_size), (3, 64, 49152));
+        assert_eq!(
+            (shape.n_layers, shape.hidden_size, shape.n_heads),
+            (30, 576, 9)
+        );
+        assert_eq!(
+            (shape.n_kv_heads, shape.head_dim, shape.vocab_size),
+            (3, 64, 49152)
+        );
         assert!(shape.tied_embeddings);
         let WeightFormat::GgufFile { bytes } = footprint.weights else {
             panic!("quantized GGUF expected, got {:?}", footprint.weights);
         };
         // The tensors are nearly all of the file (the rest is the header and tokenizer).
         let file_bytes = std::fs::metadata(&path).unwrap().len();
-        assert!(bytes <= file_bytes && bytes as f64 > 0.9 * file_bytes as f64, "{bytes} of {file_bytes}");
+        assert!(
+            bytes <= file_bytes && bytes as f64 > 0.9 * file_bytes as f64,
+            "{bytes} of {file_bytes}"
+        );
     }
 }

@@ -58,8 +58,12 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use core::{EngineCore, StartOptions, StepReport};
 pub use engine::{Engine, RequestStream};
 pub use footprint::{ModelFootprint, device_memory};
-pub use plan::{Gib, MemoryPlan, ModelShape, PlanError, PlanRequest, RUNTIME_RESERVE_BYTES, WeightFormat};
-pub use runner::{ForwardBatch, Logits, LogitsWanted, ModelRunner, RunnerError, SequenceInput, TokenDecoder};
+pub use plan::{
+    Gib, MemoryPlan, ModelShape, PlanError, PlanRequest, RUNTIME_RESERVE_BYTES, WeightFormat,
+};
+pub use runner::{
+    ForwardBatch, Logits, LogitsWanted, ModelRunner, RunnerError, SequenceInput, TokenDecoder,
+};
 
 /// Pieces exposed for tests and benches that check them directly.
 pub mod parts {

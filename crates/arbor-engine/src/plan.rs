@@ -242,11 +242,19 @@ impl ModelShape {
             WeightFormat::Dense { bytes_per_param } => self.n_params() * bytes_per_param,
             WeightFormat::GgufFile { bytes } => bytes,
             WeightFormat::GgufQ8_0 => {
-                let matrices = self.matrices().iter().map(|m| m.bytes(GgmlBlock::Q8_0)).sum::<u64>();
+                let matrices = self
+                    .matrices()
+                    .iter()
+                    .map(|m| m.bytes(GgmlBlock::Q8_0))
+                    .sum::<u64>();
                 matrices + vectors * F32_BYTES
             }
             WeightFormat::GgufQ4KM => {
-                let matrices = self.matrices().iter().map(|m| m.q4_k_m_bytes(self.n_layers)).sum::<u64>();
+                let matrices = self
+                    .matrices()
+                    .iter()
+                    .map(|m| m.q4_k_m_bytes(self.n_layers))
+                    .sum::<u64>();
                 matrices + vectors * F32_BYTES
             }
         }
@@ -254,11 +262,25 @@ impl ModelShape {
 
     /// The weight matrices, each with how many layers hold one.
     fn matrices(&self) -> Vec<Matrix> {
-        let (h, q, kv) = (self.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+        let (h, q, kv) = (
+            self.hidden_size,
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
         let i = self.intermediate_size;
-        let per_layer = |kind, rows, cols| Matrix { kind, rows, cols, per_layer: true };
+        let per_layer = |kind, rows, cols| Matrix {
+            kind,
+            rows,
+            cols,
+            per_layer: true,
+        };
         let mut matrices = vec![
-            Matrix { kind: MatrixKind::Embedding, rows: self.vocab_size, cols: h, per_layer: false },
+            Matrix {
+                kind: MatrixKind::Embedding,
+                rows: self.vocab_size,
+                cols: h,
+                per_layer: false,
+            },
             per_layer(MatrixKind::Other, q, h),
             per_layer(MatrixKind::Other, kv, h),
             per_layer(MatrixKind::AttnV, kv, h),
@@ -268,7 +290,12 @@ impl ModelShape {
             per_layer(MatrixKind::FfnDown, h, i),
         ];
         if !self.tied_embeddings {
-            matrices.push(Matrix { kind: MatrixKind::LmHead, rows: self.vocab_size, cols: h, per_layer: false });
+            matrices.push(Matrix {
+                kind: MatrixKind::LmHead,
+                rows: self.vocab_size,
+                cols: h,
+                per_layer: false,
+            });
         }
         for m in &mut matrices {
             m.rows *= if m.per_layer { self.n_layers } else { 1 };
@@ -353,8 +380,9 @@ impl PlanRequest {
             WeightFormat::Dense { bytes_per_param } => bytes_per_param,
             _ => F32_BYTES,
         };
-        let per_token_elems =
-            3 * s.hidden_size + 4 * s.intermediate_size + 2 * (s.n_heads + 2 * s.n_kv_heads) * s.head_dim;
+        let per_token_elems = 3 * s.hidden_size
+            + 4 * s.intermediate_size
+            + 2 * (s.n_heads + 2 * s.n_kv_heads) * s.head_dim;
         let q8_1_bytes = match self.weights {
             WeightFormat::Dense { .. } => 0,
             _ => (s.hidden_size.max(s.intermediate_size) as u64).div_ceil(32) * 36,
@@ -397,7 +425,9 @@ impl PlanRequest {
             ("kv_dtype_bytes", self.kv_dtype_bytes as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(PlanError::InvalidRequest(format!("{name} must be at least 1")));
+            return Err(PlanError::InvalidRequest(format!(
+                "{name} must be at least 1"
+            )));
         }
         match self.kv_budget {
             KvBudget::Fraction(f) if !(f > 0.0 && f <= 1.0) => Err(PlanError::InvalidRequest(
@@ -479,7 +509,9 @@ impl Matrix {
             MatrixKind::LmHead => self.bytes(GgmlBlock::Q6K),
             MatrixKind::Embedding | MatrixKind::Other => self.bytes(GgmlBlock::Q4K),
             MatrixKind::AttnV | MatrixKind::FfnDown => {
-                let n_more = (0..n_layers).filter(|&i| uses_more_bits(i, n_layers)).count() as u64;
+                let n_more = (0..n_layers)
+                    .filter(|&i| uses_more_bits(i, n_layers))
+                    .count() as u64;
                 let per_layer = self.n_params() / n_layers as u64;
                 GgmlBlock::Q6K.bytes(per_layer) * n_more
                     + GgmlBlock::Q4K.bytes(per_layer) * (n_layers as u64 - n_more)

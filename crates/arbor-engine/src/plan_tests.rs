@@ -13,7 +13,10 @@ const H200: u64 = 143_771 * MIB;
 const CARD_12GB: u64 = 12_288 * MIB;
 
 fn config(name: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models.json"
+    );
     let models: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     models["models"][format!("deepseek-ai/DeepSeek-R1-Distill-{name}")].clone()
 }
@@ -66,7 +69,10 @@ fn shapes_are_read_from_every_published_config() {
         }
     );
     let llama_8b = shape("Llama-8B");
-    assert_eq!((llama_8b.n_kv_heads, llama_8b.head_dim, llama_8b.qkv_bias), (8, 128, false));
+    assert_eq!(
+        (llama_8b.n_kv_heads, llama_8b.head_dim, llama_8b.qkv_bias),
+        (8, 128, false)
+    );
 }
 
 #[test]
@@ -95,17 +101,28 @@ fn kv_bytes_per_token_count_both_k_and_v_of_every_layer() {
 
 #[test]
 fn qwen_32b_in_bf16_fits_an_h100_with_tens_of_thousands_of_kv_tokens() {
-    let plan = request("Qwen-32B", BF16, H100_80GB, KvBudget::Fraction(0.9)).plan().unwrap();
+    let plan = request("Qwen-32B", BF16, H100_80GB, KvBudget::Fraction(0.9))
+        .plan()
+        .unwrap();
     println!("Qwen-32B bf16 on H100 80GB at 0.9: {plan}");
     assert_near(gib(plan.weights_bytes), 61.0, 0.01, "weights GiB");
     assert_near(gib(plan.workspace_bytes), 3.3, 0.1, "workspace GiB");
     assert!(plan.total_bytes <= (H100_80GB as f64 * 0.9) as u64);
-    assert!((25_000..40_000).contains(&plan.kv_tokens), "{} tokens", plan.kv_tokens);
+    assert!(
+        (25_000..40_000).contains(&plan.kv_tokens),
+        "{} tokens",
+        plan.kv_tokens
+    );
 }
 
 #[test]
 fn llama_8b_q4_k_m_fits_a_12_gb_card_with_its_kv_budget() {
-    let mut req = request("Llama-8B", WeightFormat::GgufQ4KM, CARD_12GB, KvBudget::Fraction(0.9));
+    let mut req = request(
+        "Llama-8B",
+        WeightFormat::GgufQ4KM,
+        CARD_12GB,
+        KvBudget::Fraction(0.9),
+    );
     // A 12 GB card serves smaller batches; quantized GGUF keeps its KV in f32 today.
     req.max_batched_tokens = 2048;
     req.max_running_requests = 64;
@@ -113,8 +130,17 @@ fn llama_8b_q4_k_m_fits_a_12_gb_card_with_its_kv_budget() {
     let plan = req.plan().unwrap();
     println!("Llama-8B Q4_K_M on 12 GB at 0.9, f32 KV: {plan}");
     // The published DeepSeek-R1-Distill-Llama-8B-Q4_K_M.gguf is 4.92 GB.
-    assert_near(plan.weights_bytes as f64 / 1e9, 4.92, 0.01, "Q4_K_M weights GB");
-    assert!((15_000..30_000).contains(&plan.kv_tokens), "{} tokens", plan.kv_tokens);
+    assert_near(
+        plan.weights_bytes as f64 / 1e9,
+        4.92,
+        0.01,
+        "Q4_K_M weights GB",
+    );
+    assert!(
+        (15_000..30_000).contains(&plan.kv_tokens),
+        "{} tokens",
+        plan.kv_tokens
+    );
 
     // A bf16 KV cache would hold twice as many.
     req.kv_dtype_bytes = 2;
@@ -125,14 +151,26 @@ fn llama_8b_q4_k_m_fits_a_12_gb_card_with_its_kv_budget() {
 
 #[test]
 fn llama_8b_q8_0_weights_match_the_published_file_size() {
-    let req = request("Llama-8B", WeightFormat::GgufQ8_0, CARD_12GB, KvBudget::Fraction(0.9));
+    let req = request(
+        "Llama-8B",
+        WeightFormat::GgufQ8_0,
+        CARD_12GB,
+        KvBudget::Fraction(0.9),
+    );
     // The published DeepSeek-R1-Distill-Llama-8B-Q8_0.gguf is 8.54 GB.
-    assert_near(req.shape.weights_bytes(req.weights) as f64 / 1e9, 8.54, 0.01, "Q8_0 GB");
+    assert_near(
+        req.shape.weights_bytes(req.weights) as f64 / 1e9,
+        8.54,
+        0.01,
+        "Q8_0 GB",
+    );
 }
 
 #[test]
 fn llama_70b_in_bf16_is_refused_on_an_h200_naming_the_sizes() {
-    let err = request("Llama-70B", BF16, H200, KvBudget::Fraction(0.9)).plan().unwrap_err();
+    let err = request("Llama-70B", BF16, H200, KvBudget::Fraction(0.9))
+        .plan()
+        .unwrap_err();
     let message = err.to_string();
     println!("{message}");
     assert!(matches!(err, PlanError::WeightsDoNotFit { .. }), "{err:?}");
@@ -145,7 +183,10 @@ fn a_byte_budget_gets_whole_pages_when_it_fits_and_a_refusal_when_not() {
     let budget = KvBudget::Bytes(10 << 30);
     let plan = request("Qwen-7B", BF16, H100_80GB, budget).plan().unwrap();
     assert_eq!(plan.kv_tokens % 16, 0);
-    assert_eq!(plan.kv_bytes, plan.kv_tokens as u64 * plan.kv_bytes_per_token);
+    assert_eq!(
+        plan.kv_bytes,
+        plan.kv_tokens as u64 * plan.kv_bytes_per_token
+    );
     assert!(plan.kv_bytes <= 10 << 30 && plan.kv_bytes > (10 << 30) - 16 * plan.kv_bytes_per_token);
 
     let too_much = request("Qwen-7B", BF16, H100_80GB, KvBudget::Bytes(80 << 30)).plan();
@@ -160,7 +201,10 @@ fn a_fraction_that_leaves_less_than_a_page_is_refused() {
     let req = request("Llama-8B", BF16, 16 << 30, KvBudget::Fraction(1.0));
     let err = req.plan().unwrap_err();
     assert!(
-        matches!(err, PlanError::NoRoomForKv { .. } | PlanError::WeightsDoNotFit { .. }),
+        matches!(
+            err,
+            PlanError::NoRoomForKv { .. } | PlanError::WeightsDoNotFit { .. }
+        ),
         "{err:?}"
     );
 }
@@ -170,7 +214,12 @@ fn a_missing_config_field_is_named() {
     let mut config = config("Qwen-7B");
     config.as_object_mut().unwrap().remove("intermediate_size");
     let err = ModelShape::from_hf_config(&config).unwrap_err();
-    assert_eq!(err, PlanError::ConfigField { field: "intermediate_size" });
+    assert_eq!(
+        err,
+        PlanError::ConfigField {
+            field: "intermediate_size"
+        }
+    );
 }
 
 #[test]

@@ -117,14 +117,20 @@ pub fn argmax(logits: &[f32]) -> u32 {
             *lane = lane.max(value);
         }
     }
-    let max = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     if max == f32::NEG_INFINITY {
         return 0;
     }
     let mut start = 0;
     for chunk in logits.chunks(4 * LANES) {
         // A branch-free test per chunk, then a scalar search in the chunk that holds it.
-        if chunk.iter().fold(false, |found, &value| found | (value == max)) {
+        if chunk
+            .iter()
+            .fold(false, |found, &value| found | (value == max))
+        {
             let offset = chunk.iter().position(|&value| value == max).unwrap_or(0);
             return (start + offset) as u32;
         }
@@ -293,8 +299,14 @@ mod tests {
     fn greedy_picks_the_largest_logit_and_the_lowest_id_on_ties() {
         let p = SamplingParams::greedy(1);
         let mut rng = rng_from_seed(0);
-        assert_eq!(sample(&[0.0, 3.0, 1.0], &p, None, &[], &mut rng).token_id, 1);
-        assert_eq!(sample(&[2.0, 2.0, 1.0], &p, None, &[], &mut rng).token_id, 0);
+        assert_eq!(
+            sample(&[0.0, 3.0, 1.0], &p, None, &[], &mut rng).token_id,
+            1
+        );
+        assert_eq!(
+            sample(&[2.0, 2.0, 1.0], &p, None, &[], &mut rng).token_id,
+            0
+        );
     }
 
     #[test]
@@ -312,9 +324,14 @@ mod tests {
         let mut rng = rng_from_seed(3);
         for len in [0, 1, 15, 16, 17, 100, 1000] {
             for case in 0..20 {
-                let mut row: Vec<f32> = (0..len).map(|_| (rng.random_range(0..8) as f32) - 4.0).collect();
+                let mut row: Vec<f32> = (0..len)
+                    .map(|_| (rng.random_range(0..8) as f32) - 4.0)
+                    .collect();
                 for special in [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0] {
-                    if len > 0 && rng.random_range(0..3) == 0 && (special != f32::INFINITY || case % 5 == 0) {
+                    if len > 0
+                        && rng.random_range(0..3) == 0
+                        && (special != f32::INFINITY || case % 5 == 0)
+                    {
                         row[rng.random_range(0..len)] = special;
                     }
                 }
@@ -332,7 +349,10 @@ mod tests {
             p.logit_bias = vec![(2, 5.0)];
         });
         let mut rng = rng_from_seed(0);
-        assert_eq!(sample(&[0.0, 3.0, 1.0], &p, None, &[], &mut rng).token_id, 2);
+        assert_eq!(
+            sample(&[0.0, 3.0, 1.0], &p, None, &[], &mut rng).token_id,
+            2
+        );
     }
 
     #[test]
@@ -357,7 +377,10 @@ mod tests {
         });
         let mut rng = rng_from_seed(3);
         for _ in 0..20 {
-            assert_eq!(sample(&[0.0, 1.0, 0.5], &p, None, &[], &mut rng).token_id, 1);
+            assert_eq!(
+                sample(&[0.0, 1.0, 0.5], &p, None, &[], &mut rng).token_id,
+                1
+            );
         }
     }
 
@@ -421,7 +444,10 @@ mod tests {
     fn suppressed_tokens_are_never_chosen() {
         let p = SamplingParams::greedy(1);
         let mut rng = rng_from_seed(0);
-        assert_eq!(sample(&[0.0, 3.0, 1.0], &p, None, &[1], &mut rng).token_id, 2);
+        assert_eq!(
+            sample(&[0.0, 3.0, 1.0], &p, None, &[1], &mut rng).token_id,
+            2
+        );
     }
 
     #[test]

@@ -11,9 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::api::ModelInfo;
-use crate::runner::{
-    ForwardBatch, Logits, LogitsWanted, ModelRunner, RunnerError, TokenDecoder,
-};
+use crate::runner::{ForwardBatch, Logits, LogitsWanted, ModelRunner, RunnerError, TokenDecoder};
 
 /// Seed of the context hash.
 const HASH_SEED: u64 = 0x5eed_a4b0_4000_0001;
@@ -199,7 +197,10 @@ impl ModelRunner for FakeModel {
                 .iter()
                 .map(|s| (s.n_context_tokens, s.n_new_tokens))
                 .collect();
-            record.lock().expect("record lock").push(BatchRecord { sequences });
+            record
+                .lock()
+                .expect("record lock")
+                .push(BatchRecord { sequences });
         }
         if self.fail_at_pass == Some(pass) {
             return Err(RunnerError("injected failure".into()));

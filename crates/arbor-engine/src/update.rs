@@ -66,7 +66,12 @@ impl EngineCore {
 
     /// Releases a sequence's pages (inserting its computed tokens into the tree), sends
     /// its `Finished` event, and logs the request when its last sequence ends.
-    pub(crate) fn finish(&mut self, mut seq: Sequence, reason: FinishReason, matched: Option<StopMatch>) {
+    pub(crate) fn finish(
+        &mut self,
+        mut seq: Sequence,
+        reason: FinishReason,
+        matched: Option<StopMatch>,
+    ) {
         self.kv.release(&mut seq);
         let now = self.clock.now();
         let Some(request) = self.requests.get_mut(&seq.request_id) else {
@@ -80,7 +85,9 @@ impl EngineCore {
                 .admitted_at
                 .map_or(now, |t| t)
                 .saturating_duration_since(seq.submitted_at),
-            time_to_first_token: seq.first_token_at.map(|t| t.saturating_duration_since(seq.submitted_at)),
+            time_to_first_token: seq
+                .first_token_at
+                .map(|t| t.saturating_duration_since(seq.submitted_at)),
             e2e_time: now.saturating_duration_since(seq.submitted_at),
         };
         request.n_output_tokens += usage.completion_tokens;
@@ -100,9 +107,11 @@ impl EngineCore {
             .remove(&seq.request_id)
             .expect("finished request is registered");
         self.counters.finished_requests += 1;
-        let ttft_ms = request
-            .first_token_at
-            .map(|t| t.saturating_duration_since(request.submitted_at).as_secs_f64() * 1e3);
+        let ttft_ms = request.first_token_at.map(|t| {
+            t.saturating_duration_since(request.submitted_at)
+                .as_secs_f64()
+                * 1e3
+        });
         // The server logs the one `info` line per request (with its response id); this
         // engine-side line is for debugging the scheduler.
         debug!(
@@ -135,13 +144,27 @@ impl EngineCore {
             && suppressed.is_empty();
         if plain_greedy {
             // What `sample` computes here too, without copying the vocabulary-sized row.
-            return Sampled { token_id: argmax(row), logprobs: None };
+            return Sampled {
+                token_id: argmax(row),
+                logprobs: None,
+            };
         }
-        sample(row, params, seq.penalties.as_ref(), suppressed, &mut seq.rng)
+        sample(
+            row,
+            params,
+            seq.penalties.as_ref(),
+            suppressed,
+            &mut seq.rng,
+        )
     }
 
     /// Appends the sampled token, checks stop conditions and builds its event.
-    fn append(&mut self, seq: &mut Sequence, sampled: Sampled, now: Instant) -> (Event, Option<Ending>) {
+    fn append(
+        &mut self,
+        seq: &mut Sequence,
+        sampled: Sampled,
+        now: Instant,
+    ) -> (Event, Option<Ending>) {
         let token_id = sampled.token_id;
         seq.tokens.push(token_id);
         if let Some(state) = seq.penalties.as_mut() {
@@ -168,10 +191,16 @@ impl EngineCore {
     fn next_text(&self, seq: &mut Sequence, token_id: u32) -> (String, Option<Ending>) {
         let n_output = seq.n_output_tokens();
         let past_min = n_output > seq.params.min_tokens;
-        let stop_ids = self.requests.get(&seq.request_id).map_or(&[][..], |r| &r.stop_token_ids[..]);
+        let stop_ids = self
+            .requests
+            .get(&seq.request_id)
+            .map_or(&[][..], |r| &r.stop_token_ids[..]);
         if past_min && stop_ids.contains(&token_id) {
             let text = self.flush_text(seq, n_output - 1);
-            return (text, Some((FinishReason::Stop, Some(StopMatch::TokenId(token_id)))));
+            return (
+                text,
+                Some((FinishReason::Stop, Some(StopMatch::TokenId(token_id)))),
+            );
         }
 
         let decoded = match &self.decoder {
@@ -185,7 +214,10 @@ impl EngineCore {
             match seq.stop_strings.push(&decoded) {
                 StopOutcome::Continue(text) => text,
                 StopOutcome::Stopped { text, matched } => {
-                    return (text, Some((FinishReason::Stop, Some(StopMatch::Text(matched)))));
+                    return (
+                        text,
+                        Some((FinishReason::Stop, Some(StopMatch::Text(matched)))),
+                    );
                 }
             }
         } else {
@@ -219,11 +251,19 @@ impl EngineCore {
     }
 
     /// Logprob entries for the event, with token texts.
-    fn token_logprobs(&self, token_id: u32, logprobs: Option<(f32, Vec<(u32, f32)>)>) -> Vec<TokenLogprob> {
+    fn token_logprobs(
+        &self,
+        token_id: u32,
+        logprobs: Option<(f32, Vec<(u32, f32)>)>,
+    ) -> Vec<TokenLogprob> {
         let Some((logprob, top)) = logprobs else {
             return Vec::new();
         };
-        let text = |id: u32| self.decoder.as_ref().map_or_else(String::new, |d| d.token_text(id));
+        let text = |id: u32| {
+            self.decoder
+                .as_ref()
+                .map_or_else(String::new, |d| d.token_text(id))
+        };
         vec![TokenLogprob {
             token_id,
             token: text(token_id),

@@ -12,7 +12,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
-use crate::api::{EngineError, EngineStats, Event, FinishReason, GenerateRequest, RequestId, Usage};
+use crate::api::{
+    EngineError, EngineStats, Event, FinishReason, GenerateRequest, RequestId, Usage,
+};
 use crate::core::EngineCore;
 
 /// A message from the engine handle to the engine thread.
@@ -77,7 +79,12 @@ pub(crate) fn run(mut core: EngineCore, commands: Receiver<Command>, shared: Arc
 /// Applies one command; `false` means stop.
 fn handle(core: &mut EngineCore, command: Command, shared: &Shared) -> bool {
     match command {
-        Command::Submit { id, request, events, submitted_at } => {
+        Command::Submit {
+            id,
+            request,
+            events,
+            submitted_at,
+        } => {
             shared.n_in_channel.fetch_sub(1, Ordering::AcqRel);
             let n = request.n;
             if let Err(e) = core.add_request(id, request, events.clone(), submitted_at) {

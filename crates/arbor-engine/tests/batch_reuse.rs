@@ -60,12 +60,22 @@ fn churn(page_size: usize, n_pages: usize) {
         let out = collect_one(rx);
         if aborted.contains(&i) {
             let expected = reference.reference_greedy(p, out.token_ids.len());
-            assert_eq!(out.token_ids, expected, "aborted request {i} up to its abort");
+            assert_eq!(
+                out.token_ids, expected,
+                "aborted request {i} up to its abort"
+            );
             continue;
         }
-        assert_eq!(out.token_ids, reference.reference_greedy(p, *n_tokens), "request {i}");
+        assert_eq!(
+            out.token_ids,
+            reference.reference_greedy(p, *n_tokens),
+            "request {i}"
+        );
     }
-    assert!(core.stats().preemptions > 0, "the pool is small enough to preempt");
+    assert!(
+        core.stats().preemptions > 0,
+        "the pool is small enough to preempt"
+    );
     assert_no_leak(&core);
 }
 

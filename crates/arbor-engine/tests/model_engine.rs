@@ -29,9 +29,16 @@ fn tiny_models_give_the_same_greedy_output_together_as_alone() {
         let (prompts, references) = tiny_prompts(model);
         let alone = run_each_alone(&fixture(model), &prompts, TINY_MAX_TOKENS);
         for (index, reference) in references.iter().enumerate() {
-            assert_eq!(&alone[index], reference, "{model}: prompt {index} against transformers");
+            assert_eq!(
+                &alone[index], reference,
+                "{model}: prompt {index} against transformers"
+            );
         }
-        let engine = load(&fixture(model), ModelDType::F32, config(false, KvBudget::Bytes(64 << 20)));
+        let engine = load(
+            &fixture(model),
+            ModelDType::F32,
+            config(false, KvBudget::Bytes(64 << 20)),
+        );
         let together = run_together(&engine, &prompts, TINY_MAX_TOKENS);
         assert_eq!(together, alone, "{model}");
         assert_all_pages_released(&engine);
@@ -42,12 +49,20 @@ fn tiny_models_give_the_same_greedy_output_together_as_alone() {
 fn tiny_models_give_the_same_output_with_the_radix_cache_on_and_off() {
     for model in TINY_MODELS {
         let (prompts, _) = tiny_prompts(model);
-        let off = load(&fixture(model), ModelDType::F32, config(true, KvBudget::Bytes(64 << 20)));
+        let off = load(
+            &fixture(model),
+            ModelDType::F32,
+            config(true, KvBudget::Bytes(64 << 20)),
+        );
         let without_cache = run_together(&off, &prompts, TINY_MAX_TOKENS);
         assert_eq!(off.stats().cache_hit_tokens, 0, "{model}");
 
         // A second round of the same prompts is served from the cache the first filled.
-        let on = load(&fixture(model), ModelDType::F32, config(false, KvBudget::Bytes(64 << 20)));
+        let on = load(
+            &fixture(model),
+            ModelDType::F32,
+            config(false, KvBudget::Bytes(64 << 20)),
+        );
         let first = run_together(&on, &prompts, TINY_MAX_TOKENS);
         let second = run_together(&on, &prompts, TINY_MAX_TOKENS);
         assert_eq!(first, without_cache, "{model}");
@@ -64,11 +79,18 @@ fn tiny_models_give_the_same_output_when_a_small_pool_forces_preemption() {
         let (prompts, _) = tiny_prompts(model);
         let alone = run_each_alone(&fixture(model), &prompts, TINY_MAX_TOKENS);
         let n_pages = tight_pool(&prompts, TINY_MAX_TOKENS);
-        let engine = load(&fixture(model), ModelDType::F32, config(false, KvBudget::Pages(n_pages)));
+        let engine = load(
+            &fixture(model),
+            ModelDType::F32,
+            config(false, KvBudget::Pages(n_pages)),
+        );
         let together = run_together(&engine, &prompts, TINY_MAX_TOKENS);
         assert_eq!(together, alone, "{model}");
         let stats = final_stats(&engine);
-        assert!(stats.preemptions > 0, "{model}: no preemption with {n_pages} pages: {stats:?}");
+        assert!(
+            stats.preemptions > 0,
+            "{model}: no preemption with {n_pages} pages: {stats:?}"
+        );
         assert_pages_free_or_evictable(&stats);
     }
 }
@@ -80,7 +102,10 @@ fn preemption_over_a_real_model_keeps_every_invariant_after_every_step() {
     let alone = run_each_alone(&fixture(model), &prompts, TINY_MAX_TOKENS);
     let weights = Model::load_safetensors_dir(&fixture(model), DType::F32, &Device::Cpu).unwrap();
     let runner = CandleRunner::new(weights, model.into(), vec![], None);
-    let config = config(false, KvBudget::Pages(tight_pool(&prompts, TINY_MAX_TOKENS)));
+    let config = config(
+        false,
+        KvBudget::Pages(tight_pool(&prompts, TINY_MAX_TOKENS)),
+    );
     let mut core = EngineCore::new(Box::new(runner), config, StartOptions::default()).unwrap();
 
     let mut receivers: Vec<_> = prompts
@@ -106,7 +131,11 @@ fn smollm2_dequantized_matches_the_reference_together_cached_and_preempted() {
     let references: Vec<Vec<u32>> = cases.iter().map(|(_, g)| g.clone()).collect();
     let max_tokens = 32;
 
-    let engine = load(&gguf, ModelDType::F32, config(false, KvBudget::Bytes(256 << 20)));
+    let engine = load(
+        &gguf,
+        ModelDType::F32,
+        config(false, KvBudget::Bytes(256 << 20)),
+    );
     let together = run_together(&engine, &prompts, max_tokens);
     assert_eq!(together, references, "first round, radix cache on");
     let again = run_together(&engine, &prompts, max_tokens);
@@ -116,8 +145,16 @@ fn smollm2_dequantized_matches_the_reference_together_cached_and_preempted() {
     assert_pages_free_or_evictable(&stats);
 
     let n_pages = tight_pool(&prompts, max_tokens);
-    let engine = load(&gguf, ModelDType::F32, config(true, KvBudget::Pages(n_pages)));
-    assert_eq!(run_together(&engine, &prompts, max_tokens), references, "no cache, small pool");
+    let engine = load(
+        &gguf,
+        ModelDType::F32,
+        config(true, KvBudget::Pages(n_pages)),
+    );
+    assert_eq!(
+        run_together(&engine, &prompts, max_tokens),
+        references,
+        "no cache, small pool"
+    );
     let stats = final_stats(&engine);
     assert!(stats.preemptions > 0, "{stats:?}");
     assert_pages_free_or_evictable(&stats);
@@ -128,7 +165,11 @@ fn smollm2_quantized_gives_the_same_output_together_as_alone() {
     let Some(gguf) = smollm2() else { return };
     let prompts: Vec<Vec<u32>> = smollm2_cases().into_iter().map(|(p, _)| p).collect();
     let max_tokens = 24;
-    let engine = load(&gguf, ModelDType::Auto, config(true, KvBudget::Bytes(256 << 20)));
+    let engine = load(
+        &gguf,
+        ModelDType::Auto,
+        config(true, KvBudget::Bytes(256 << 20)),
+    );
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| run_together(&engine, std::slice::from_ref(p), max_tokens).remove(0))
@@ -151,7 +192,10 @@ fn config(disable_radix_cache: bool, kv_cache: KvBudget) -> EngineConfig {
 }
 
 fn load(model: &Path, dtype: ModelDType, config: EngineConfig) -> Engine {
-    let options = LoadOptions { dtype, ..LoadOptions::default() };
+    let options = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
     Engine::load(model.to_str().unwrap(), &options, config).expect("model loads")
 }
 
@@ -163,7 +207,11 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 
 /// Each prompt alone, one after another, on a fresh engine without the radix cache.
 fn run_each_alone(model: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
-    let engine = load(model, ModelDType::F32, config(true, KvBudget::Bytes(64 << 20)));
+    let engine = load(
+        model,
+        ModelDType::F32,
+        config(true, KvBudget::Bytes(64 << 20)),
+    );
     prompts
         .iter()
         .map(|p| run_together(&engine, std::slice::from_ref(p), max_tokens).remove(0))
@@ -174,7 +222,11 @@ fn run_each_alone(model: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<
 fn run_together(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
     let streams: Vec<_> = prompts
         .iter()
-        .map(|p| engine.submit(GenerateRequest::new(p.clone(), greedy(max_tokens))).unwrap())
+        .map(|p| {
+            engine
+                .submit(GenerateRequest::new(p.clone(), greedy(max_tokens)))
+                .unwrap()
+        })
         .collect();
     streams
         .into_iter()
@@ -197,7 +249,10 @@ fn tight_pool(prompts: &[Vec<u32>], max_tokens: usize) -> usize {
     let largest = prompts.iter().map(n_pages).max().unwrap();
     let total: usize = prompts.iter().map(n_pages).sum();
     let n_pages = largest + 2;
-    assert!(n_pages < total, "the prompts fit together in {n_pages} pages");
+    assert!(
+        n_pages < total,
+        "the prompts fit together in {n_pages} pages"
+    );
     n_pages
 }
 
@@ -215,7 +270,11 @@ fn assert_all_pages_released(engine: &Engine) {
 fn assert_pages_free_or_evictable(stats: &EngineStats) {
     assert_eq!(stats.n_running + stats.n_waiting, 0, "{stats:?}");
     assert_eq!(stats.n_pages_locked, 0, "{stats:?}");
-    assert_eq!(stats.n_pages_free + stats.n_pages_evictable, stats.n_pages_total, "{stats:?}");
+    assert_eq!(
+        stats.n_pages_free + stats.n_pages_evictable,
+        stats.n_pages_total,
+        "{stats:?}"
+    );
 }
 
 fn fixtures() -> PathBuf {
@@ -250,14 +309,19 @@ fn tiny_prompts(model: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
 fn smollm2_cases() -> Vec<(Vec<u32>, Vec<u32>)> {
     let reference = read_json(&fixtures().join("smollm2-135m-instruct/reference.json"));
     let cases = reference["cases"].as_array().unwrap();
-    cases.iter().map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_32_ids"]))).collect()
+    cases
+        .iter()
+        .map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_32_ids"])))
+        .collect()
 }
 
 fn smollm2() -> Option<PathBuf> {
     match std::env::var_os("ARBOR_SMOLLM2_GGUF") {
         Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
         _ => {
-            println!("skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (./scripts/fetch-smollm2.sh)");
+            println!(
+                "skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (./scripts/fetch-smollm2.sh)"
+            );
             None
         }
     }
@@ -269,5 +333,10 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn ids(value: &Value) -> Vec<u32> {
-    value.as_array().unwrap().iter().map(|id| id.as_u64().unwrap() as u32).collect()
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap() as u32)
+        .collect()
 }

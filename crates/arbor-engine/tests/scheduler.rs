@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use arbor_engine::testing::{FakeModel, NextToken, byte_ids};
 use arbor_engine::{
-    EngineCore, FinishReason, ManualClock, RequestId, SamplingParams,
-    SchedulePolicy, StartOptions, StopMatch,
+    EngineCore, FinishReason, ManualClock, RequestId, SamplingParams, SchedulePolicy, StartOptions,
+    StopMatch,
 };
 use common::*;
 
@@ -34,8 +34,12 @@ fn long_prompt_is_prefilled_in_chunks_then_decoded() {
     let out = collect_one(&mut rx);
     assert_eq!(out.token_ids, reference.reference_greedy(&p, 3));
     assert_eq!(out.reason, Some(FinishReason::Length));
-    let passes: Vec<Vec<(usize, usize)>> =
-        log.lock().unwrap().iter().map(|b| b.sequences.clone()).collect();
+    let passes: Vec<Vec<(usize, usize)>> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.sequences.clone())
+        .collect();
     assert_eq!(
         passes,
         vec![
@@ -65,10 +69,20 @@ fn a_step_mixes_decode_tokens_with_a_new_prompt_chunk() {
     core.step().unwrap();
 
     let third = log.lock().unwrap()[2].sequences.clone();
-    assert_eq!(third, vec![(6, 1), (0, 8)], "decode of A and first chunk of B");
+    assert_eq!(
+        third,
+        vec![(6, 1), (0, 8)],
+        "decode of A and first chunk of B"
+    );
     run_to_end(&mut core, 100);
-    assert_eq!(collect_one(&mut rx_a).token_ids, reference.reference_greedy(&a, 6));
-    assert_eq!(collect_one(&mut rx_b).token_ids, reference.reference_greedy(&b, 2));
+    assert_eq!(
+        collect_one(&mut rx_a).token_ids,
+        reference.reference_greedy(&a, 6)
+    );
+    assert_eq!(
+        collect_one(&mut rx_b).token_ids,
+        reference.reference_greedy(&b, 2)
+    );
     assert_no_leak(&core);
 }
 
@@ -113,7 +127,10 @@ fn concurrent_requests_with_a_shared_prefix_compute_it_once() {
     }
     assert_eq!(outs[0].usage.cached_prompt_tokens, 0);
     for out in &outs[1..] {
-        assert_eq!(out.usage.cached_prompt_tokens, 64, "the system prompt came from cache");
+        assert_eq!(
+            out.usage.cached_prompt_tokens, 64,
+            "the system prompt came from cache"
+        );
     }
     let stats = core.stats();
     assert_eq!(stats.cache_hit_tokens, 3 * 64);
@@ -158,7 +175,10 @@ fn the_n_sequences_of_a_request_share_the_prompt_pages() {
     assert_eq!(outs[0].usage.cached_prompt_tokens, 0);
     assert_eq!(outs[1].usage.cached_prompt_tokens, 36);
     assert_eq!(outs[2].usage.cached_prompt_tokens, 36);
-    assert_ne!(outs[0].token_ids, outs[1].token_ids, "seeds differ per sequence");
+    assert_ne!(
+        outs[0].token_ids, outs[1].token_ids,
+        "seeds differ per sequence"
+    );
     assert_eq!(core.stats().prefill_tokens, 40 + 2 * 4);
     assert_no_leak(&core);
 }
@@ -172,11 +192,17 @@ fn cached_pages_are_evicted_when_a_new_prompt_needs_them() {
         let p = prompt(10 * i as u32, 20, VOCAB);
         let mut rx = submit(&mut core, i, &p, greedy(4));
         run_to_end(&mut core, 100);
-        assert_eq!(collect_one(&mut rx).token_ids, reference.reference_greedy(&p, 4));
+        assert_eq!(
+            collect_one(&mut rx).token_ids,
+            reference.reference_greedy(&p, 4)
+        );
     }
     let stats = core.stats();
     assert!(stats.n_pages_cached <= 12);
-    assert!(stats.n_pages_evictable > 0, "the last request's pages stay cached");
+    assert!(
+        stats.n_pages_evictable > 0,
+        "the last request's pages stay cached"
+    );
     assert_no_leak(&core);
 }
 
@@ -247,7 +273,10 @@ fn a_dropped_event_receiver_aborts_its_request() {
     core.step().unwrap();
     drop(rx);
     core.step().unwrap();
-    assert!(!core.has_work(), "the request was aborted when its token could not be sent");
+    assert!(
+        !core.has_work(),
+        "the request was aborted when its token could not be sent"
+    );
     assert_no_leak(&core);
 }
 
@@ -263,7 +292,12 @@ fn nothing_leaks_after_a_mixed_workload() {
         } else {
             prompt(i * 5, 3 + (i as usize % 17), VOCAB)
         };
-        let rx = submit(&mut core, u64::from(i), &p, greedy(1 + (i as usize * 3) % 20));
+        let rx = submit(
+            &mut core,
+            u64::from(i),
+            &p,
+            greedy(1 + (i as usize * 3) % 20),
+        );
         rxs.push((p, rx));
         if i % 5 == 0 {
             core.step().unwrap();
@@ -279,7 +313,11 @@ fn nothing_leaks_after_a_mixed_workload() {
             continue;
         }
         let n = 1 + (i * 3) % 20;
-        assert_eq!(out.token_ids, reference.reference_greedy(p, n), "request {i}");
+        assert_eq!(
+            out.token_ids,
+            reference.reference_greedy(p, n),
+            "request {i}"
+        );
     }
     assert_no_leak(&core);
 }
@@ -352,12 +390,21 @@ fn a_seed_reproduces_sampled_output_alone_or_in_a_crowd() {
 
     let mut crowd = core(FakeModel::new(VOCAB as usize), config(64, 4));
     let mut others: Vec<_> = (0..5)
-        .map(|i| submit(&mut crowd, 10 + i, &prompt(i as u32, 9, VOCAB), params.clone()))
+        .map(|i| {
+            submit(
+                &mut crowd,
+                10 + i,
+                &prompt(i as u32, 9, VOCAB),
+                params.clone(),
+            )
+        })
         .collect();
     let mut rx = submit(&mut crowd, 1, &p, params);
     run_to_end(&mut crowd, 100);
     assert_eq!(collect_one(&mut rx).token_ids, alone.token_ids);
-    others.iter_mut().for_each(|rx| assert_eq!(collect_one(rx).token_ids.len(), 12));
+    others
+        .iter_mut()
+        .for_each(|rx| assert_eq!(collect_one(rx).token_ids.len(), 12));
 }
 
 #[test]
@@ -382,8 +429,8 @@ fn cache_aware_order_prefers_cached_prompts_until_aging_wins() {
         clock: clock.clone(),
         seed: Some(1),
     };
-    let mut core = EngineCore::new(Box::new(FakeModel::new(VOCAB as usize)), config, options)
-        .unwrap();
+    let mut core =
+        EngineCore::new(Box::new(FakeModel::new(VOCAB as usize)), config, options).unwrap();
     let cached = prompt(20, 40, VOCAB);
     let mut rx = submit(&mut core, 1, &cached, greedy(1));
     run_to_end(&mut core, 100);
@@ -426,12 +473,18 @@ fn a_failed_forward_aborts_the_batch_and_the_engine_keeps_working() {
     let p = prompt(2, 5, VOCAB);
     let mut rx = submit(&mut core, 2, &p, greedy(5));
     run_to_end(&mut core, 100);
-    assert_eq!(collect_one(&mut rx).token_ids, reference.reference_greedy(&p, 5));
+    assert_eq!(
+        collect_one(&mut rx).token_ids,
+        reference.reference_greedy(&p, 5)
+    );
 }
 
 #[test]
 fn invalid_requests_are_refused_with_clear_errors() {
-    let mut core = core(FakeModel::new(VOCAB as usize).with_max_context(64), config(8, 4));
+    let mut core = core(
+        FakeModel::new(VOCAB as usize).with_max_context(64),
+        config(8, 4),
+    );
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let mut try_submit = |prompt_ids: Vec<u32>, params: SamplingParams| {
         let request = arbor_engine::GenerateRequest::new(prompt_ids, params);
@@ -461,7 +514,10 @@ fn thousands_of_waiting_requests_do_not_slow_a_step_down() {
         .collect();
     for _ in 0..50 {
         core.step().unwrap();
-        assert!(core.stats().n_running <= 8, "max_running_requests caps the batch");
+        assert!(
+            core.stats().n_running <= 8,
+            "max_running_requests caps the batch"
+        );
     }
     // The cost per step with thousands waiting is measured by the `scheduler_step` bench.
     core.abort_all();

@@ -15,7 +15,11 @@ use crate::state::AppState;
 const OPEN_PATHS: &[&str] = &["/health", "/metrics"];
 
 /// Middleware that refuses requests without the configured key.
-pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
@@ -28,9 +32,14 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Reques
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token);
     match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
         _ => {
-            tracing::debug!(path = request.uri().path(), "request refused: bad or missing api key");
+            tracing::debug!(
+                path = request.uri().path(),
+                "request refused: bad or missing api key"
+            );
             ApiError::Unauthorized.into_response()
         }
     }

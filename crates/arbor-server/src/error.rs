@@ -84,7 +84,11 @@ impl ApiError {
     }
 
     /// A 400 with a given code and an optional field name.
-    pub fn bad_request(message: impl Into<String>, param: Option<&str>, code: &'static str) -> Self {
+    pub fn bad_request(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: &'static str,
+    ) -> Self {
         ApiError::BadRequest {
             message: message.into(),
             param: param.map(str::to_string),
@@ -101,9 +105,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Overloaded { .. } | ApiError::Unavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -216,7 +218,9 @@ mod tests {
     use super::*;
 
     async fn json_of(response: Response) -> serde_json::Value {
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -262,7 +266,10 @@ mod tests {
             limit: 5,
         };
         assert_eq!(ApiError::from(too_long).status(), StatusCode::BAD_REQUEST);
-        assert_eq!(ApiError::from(EngineError::Busy).status(), StatusCode::CONFLICT);
+        assert_eq!(
+            ApiError::from(EngineError::Busy).status(),
+            StatusCode::CONFLICT
+        );
         let stopped = ApiError::from(EngineError::Stopped);
         assert_eq!(stopped.status(), StatusCode::SERVICE_UNAVAILABLE);
         let forward = ApiError::from(EngineError::Forward("nan".into()));

@@ -94,7 +94,9 @@ fn blame_top_level_field<T: DeserializeOwned>(bytes: &[u8]) -> Option<String> {
     }
     let error_of = |fields: &serde_json::Map<String, serde_json::Value>| {
         let value = serde_json::Value::Object(fields.clone());
-        serde_json::from_value::<T>(value).err().map(|err| err.to_string())
+        serde_json::from_value::<T>(value)
+            .err()
+            .map(|err| err.to_string())
     };
     let original = error_of(&fields)?;
     let keys: Vec<String> = fields.keys().cloned().collect();
@@ -141,9 +143,15 @@ mod tests {
     #[test]
     fn wrong_typed_field_names_its_path() {
         let err = parse::<Body>(br#"{"temperature": "hot"}"#).unwrap_err();
-        assert_eq!(code_and_param(err), ("invalid_type", Some("temperature".into())));
+        assert_eq!(
+            code_and_param(err),
+            ("invalid_type", Some("temperature".into()))
+        );
         let err = parse::<Body>(br#"{"stop": ["a", 3]}"#).unwrap_err();
-        assert_eq!(code_and_param(err), ("invalid_type", Some("stop[1]".into())));
+        assert_eq!(
+            code_and_param(err),
+            ("invalid_type", Some("stop[1]".into()))
+        );
     }
 
     #[derive(Debug, serde::Deserialize)]
@@ -158,7 +166,10 @@ mod tests {
     #[test]
     fn wrong_typed_field_inside_a_flattened_struct_is_named() {
         let err = parse::<Flattened>(br#"{"prompt": "x", "temperature": "hot"}"#).unwrap_err();
-        assert_eq!(code_and_param(err), ("invalid_type", Some("temperature".into())));
+        assert_eq!(
+            code_and_param(err),
+            ("invalid_type", Some("temperature".into()))
+        );
         let err = parse::<Flattened>(br#"{"prompt": "x", "stop": ["a", 3]}"#).unwrap_err();
         assert_eq!(code_and_param(err), ("invalid_type", Some("stop".into())));
     }

@@ -55,7 +55,10 @@ where
     let engine = state.engine.clone();
     let signal = async move {
         shutdown.await;
-        tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: finishing in-flight requests");
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: finishing in-flight requests"
+        );
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             tracing::warn!("shutdown grace period over: aborting in-flight requests");

@@ -78,16 +78,40 @@ impl ServerMetrics {
     pub fn render(&self, stats: &EngineStats, model_name: &str) -> String {
         let mut out = Exposition::new(model_name);
         render_engine(&mut out, stats);
-        out.header("request_success_total", "counter", "Finished sequences, by finish reason.");
+        out.header(
+            "request_success_total",
+            "counter",
+            "Finished sequences, by finish reason.",
+        );
         for (slot, reason) in ["stop", "length", "abort"].iter().enumerate() {
             let n = self.finished[slot].load(Ordering::Relaxed);
-            out.sample("request_success_total", &format!(",finished_reason=\"{reason}\""), n as f64);
+            out.sample(
+                "request_success_total",
+                &format!(",finished_reason=\"{reason}\""),
+                n as f64,
+            );
         }
         let histograms = [
-            ("time_to_first_token_seconds", "Time from arrival to the first output token.", &self.ttft),
-            ("time_per_output_token_seconds", "Mean time per output token after the first.", &self.tpot),
-            ("e2e_request_latency_seconds", "Time from arrival to finish.", &self.e2e),
-            ("request_queue_time_seconds", "Time from arrival to first admission.", &self.queue),
+            (
+                "time_to_first_token_seconds",
+                "Time from arrival to the first output token.",
+                &self.ttft,
+            ),
+            (
+                "time_per_output_token_seconds",
+                "Mean time per output token after the first.",
+                &self.tpot,
+            ),
+            (
+                "e2e_request_latency_seconds",
+                "Time from arrival to finish.",
+                &self.e2e,
+            ),
+            (
+                "request_queue_time_seconds",
+                "Time from arrival to first admission.",
+                &self.queue,
+            ),
         ];
         for (name, help, histogram) in histograms {
             out.header(name, "histogram", help);
@@ -102,28 +126,92 @@ fn render_engine(out: &mut Exposition, stats: &EngineStats) {
     let usage = ratio(n_pages_used as f64, stats.n_pages_total as f64);
     let hit_rate = ratio(stats.cache_hit_tokens as f64, stats.prompt_tokens as f64);
     let gauges: [(&str, &str, f64); 10] = [
-        ("num_requests_running", "Sequences in the running batch.", stats.n_running as f64),
-        ("num_requests_waiting", "Sequences waiting for admission.", stats.n_waiting as f64),
-        ("kv_cache_usage_perc", "Fraction of KV pages in use (0 to 1).", usage),
-        ("num_kv_pages_total", "KV pages in the pool.", stats.n_pages_total as f64),
-        ("num_kv_pages_used", "KV pages held by sequences or the radix cache.", n_pages_used as f64),
-        ("num_kv_pages_cached", "KV pages held by the radix cache.", stats.n_pages_cached as f64),
-        ("num_kv_pages_locked", "Radix-cache pages locked by running sequences.", stats.n_pages_locked as f64),
-        ("kv_capacity_tokens", "Token slots of the KV pool.", stats.kv_capacity_tokens as f64),
-        ("page_size", "Token slots per KV page.", stats.page_size as f64),
-        ("cache_hit_rate", "Prompt tokens served from the radix cache, over all prompt tokens.", hit_rate),
+        (
+            "num_requests_running",
+            "Sequences in the running batch.",
+            stats.n_running as f64,
+        ),
+        (
+            "num_requests_waiting",
+            "Sequences waiting for admission.",
+            stats.n_waiting as f64,
+        ),
+        (
+            "kv_cache_usage_perc",
+            "Fraction of KV pages in use (0 to 1).",
+            usage,
+        ),
+        (
+            "num_kv_pages_total",
+            "KV pages in the pool.",
+            stats.n_pages_total as f64,
+        ),
+        (
+            "num_kv_pages_used",
+            "KV pages held by sequences or the radix cache.",
+            n_pages_used as f64,
+        ),
+        (
+            "num_kv_pages_cached",
+            "KV pages held by the radix cache.",
+            stats.n_pages_cached as f64,
+        ),
+        (
+            "num_kv_pages_locked",
+            "Radix-cache pages locked by running sequences.",
+            stats.n_pages_locked as f64,
+        ),
+        (
+            "kv_capacity_tokens",
+            "Token slots of the KV pool.",
+            stats.kv_capacity_tokens as f64,
+        ),
+        (
+            "page_size",
+            "Token slots per KV page.",
+            stats.page_size as f64,
+        ),
+        (
+            "cache_hit_rate",
+            "Prompt tokens served from the radix cache, over all prompt tokens.",
+            hit_rate,
+        ),
     ];
     for (name, help, value) in gauges {
         out.header(name, "gauge", help);
         out.sample(name, "", value);
     }
     let counters: [(&str, &str, u64); 6] = [
-        ("prompt_tokens_total", "Prompt tokens admitted.", stats.prompt_tokens),
-        ("generation_tokens_total", "Tokens generated.", stats.generation_tokens),
-        ("prefix_cache_queries_total", "Prompt tokens looked up in the radix cache.", stats.prompt_tokens),
-        ("prefix_cache_hits_total", "Prompt tokens served from the radix cache.", stats.cache_hit_tokens),
-        ("num_preemptions_total", "Sequences preempted.", stats.preemptions),
-        ("num_steps_total", "Engine steps (forward passes) run.", stats.steps),
+        (
+            "prompt_tokens_total",
+            "Prompt tokens admitted.",
+            stats.prompt_tokens,
+        ),
+        (
+            "generation_tokens_total",
+            "Tokens generated.",
+            stats.generation_tokens,
+        ),
+        (
+            "prefix_cache_queries_total",
+            "Prompt tokens looked up in the radix cache.",
+            stats.prompt_tokens,
+        ),
+        (
+            "prefix_cache_hits_total",
+            "Prompt tokens served from the radix cache.",
+            stats.cache_hit_tokens,
+        ),
+        (
+            "num_preemptions_total",
+            "Sequences preempted.",
+            stats.preemptions,
+        ),
+        (
+            "num_steps_total",
+            "Engine steps (forward passes) run.",
+            stats.steps,
+        ),
     ];
     for (name, help, value) in counters {
         out.header(name, "counter", help);
@@ -143,7 +231,10 @@ struct Exposition {
 
 impl Exposition {
     fn new(model_name: &str) -> Self {
-        let escaped = model_name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let escaped = model_name
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         Self {
             text: String::with_capacity(8192),
             label: format!("model_name=\"{escaped}\""),
@@ -158,7 +249,11 @@ impl Exposition {
 
     /// One sample; `extra_labels` starts with a comma when not empty.
     fn sample(&mut self, name: &str, extra_labels: &str, value: f64) {
-        let _ = writeln!(self.text, "arbor:{name}{{{}{extra_labels}}} {value}", self.label);
+        let _ = writeln!(
+            self.text,
+            "arbor:{name}{{{}{extra_labels}}} {value}",
+            self.label
+        );
     }
 }
 
@@ -181,28 +276,48 @@ impl Histogram {
         let counts = vec![0; bounds.len() + 1];
         Self {
             bounds,
-            state: Mutex::new(HistogramState { counts, sum_secs: 0.0 }),
+            state: Mutex::new(HistogramState {
+                counts,
+                sum_secs: 0.0,
+            }),
         }
     }
 
     fn observe(&self, value: Duration) {
         let secs = value.as_secs_f64();
-        let slot = self.bounds.iter().position(|&b| secs <= b).unwrap_or(self.bounds.len());
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = self
+            .bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(self.bounds.len());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         state.counts[slot] += 1;
         state.sum_secs += secs;
     }
 
     fn render(&self, out: &mut Exposition, name: &str) {
         let (counts, sum) = {
-            let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             (state.counts.clone(), state.sum_secs)
         };
         let mut cumulative = 0;
         for (slot, count) in counts.iter().enumerate() {
             cumulative += count;
-            let le = self.bounds.get(slot).map_or("+Inf".to_string(), |b| b.to_string());
-            out.sample(&format!("{name}_bucket"), &format!(",le=\"{le}\""), cumulative as f64);
+            let le = self
+                .bounds
+                .get(slot)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            out.sample(
+                &format!("{name}_bucket"),
+                &format!(",le=\"{le}\""),
+                cumulative as f64,
+            );
         }
         out.sample(&format!("{name}_sum"), "", sum);
         out.sample(&format!("{name}_count"), "", cumulative as f64);
@@ -234,7 +349,10 @@ mod tests {
             ..EngineStats::default()
         };
         let text = ServerMetrics::default().render(&stats, "m");
-        assert_eq!(value_of(&text, "arbor:num_requests_running{model_name=\"m\"}"), 2.0);
+        assert_eq!(
+            value_of(&text, "arbor:num_requests_running{model_name=\"m\"}"),
+            2.0
+        );
         assert_eq!(value_of(&text, "arbor:num_requests_waiting{"), 1.0);
         assert_eq!(value_of(&text, "arbor:num_kv_pages_used{"), 4.0);
         assert_eq!(value_of(&text, "arbor:kv_cache_usage_perc{"), 0.4);
@@ -257,13 +375,34 @@ mod tests {
         metrics.record_finished(FinishReason::Abort, &Usage::default());
         let text = metrics.render(&EngineStats::default(), "m");
         let ttft = "arbor:time_to_first_token_seconds";
-        assert_eq!(value_of(&text, &format!("{ttft}_bucket{{model_name=\"m\",le=\"0.01\"}}")), 0.0);
-        assert_eq!(value_of(&text, &format!("{ttft}_bucket{{model_name=\"m\",le=\"0.025\"}}")), 1.0);
-        assert_eq!(value_of(&text, &format!("{ttft}_bucket{{model_name=\"m\",le=\"+Inf\"}}")), 1.0);
+        assert_eq!(
+            value_of(
+                &text,
+                &format!("{ttft}_bucket{{model_name=\"m\",le=\"0.01\"}}")
+            ),
+            0.0
+        );
+        assert_eq!(
+            value_of(
+                &text,
+                &format!("{ttft}_bucket{{model_name=\"m\",le=\"0.025\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            value_of(
+                &text,
+                &format!("{ttft}_bucket{{model_name=\"m\",le=\"+Inf\"}}")
+            ),
+            1.0
+        );
         assert_eq!(value_of(&text, &format!("{ttft}_count{{")), 1.0);
         // 200 ms over the two tokens after the first.
         assert!((value_of(&text, "arbor:time_per_output_token_seconds_sum{") - 0.1).abs() < 1e-9);
-        assert_eq!(value_of(&text, "arbor:e2e_request_latency_seconds_count{"), 2.0);
+        assert_eq!(
+            value_of(&text, "arbor:e2e_request_latency_seconds_count{"),
+            2.0
+        );
         let abort = "arbor:request_success_total{model_name=\"m\",finished_reason=\"abort\"}";
         assert_eq!(value_of(&text, abort), 1.0);
     }

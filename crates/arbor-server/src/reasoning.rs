@@ -28,7 +28,9 @@ impl FromStr for ReasoningParserKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "deepseek-r1" => Ok(ReasoningParserKind::DeepSeekR1),
-            other => Err(format!("unknown reasoning parser {other:?} (known: deepseek-r1)")),
+            other => Err(format!(
+                "unknown reasoning parser {other:?} (known: deepseek-r1)"
+            )),
         }
     }
 }
@@ -38,8 +40,10 @@ impl ReasoningParserKind {
     /// distills, none otherwise.
     pub fn for_model_name(name: &str) -> Option<Self> {
         let name = name.to_ascii_lowercase();
-        (name.contains("deepseek-r1") || name.contains("deepseek_r1") || name.contains("r1-distill"))
-            .then_some(ReasoningParserKind::DeepSeekR1)
+        (name.contains("deepseek-r1")
+            || name.contains("deepseek_r1")
+            || name.contains("r1-distill"))
+        .then_some(ReasoningParserKind::DeepSeekR1)
     }
 
     /// A fresh parser for one sequence.
@@ -120,7 +124,11 @@ impl ReasoningParser {
             },
             Phase::Content { started } => ReasoningDelta {
                 reasoning: String::new(),
-                content: if started { held } else { held.trim_start().to_string() },
+                content: if started {
+                    held
+                } else {
+                    held.trim_start().to_string()
+                },
             },
         }
     }
@@ -181,7 +189,11 @@ impl ReasoningParser {
 
     fn step_content(&mut self, started: bool, out: &mut ReasoningDelta) {
         let held = std::mem::take(&mut self.held);
-        let text = if started { held.as_str() } else { held.trim_start() };
+        let text = if started {
+            held.as_str()
+        } else {
+            held.trim_start()
+        };
         if !text.is_empty() {
             self.phase = Phase::Content { started: true };
             out.content.push_str(text);
@@ -223,7 +235,8 @@ mod tests {
 
     #[test]
     fn text_before_think_close_is_reasoning_and_the_rest_content() {
-        let (reasoning, content) = ReasoningParser::split("<think>\nLet me see.\n</think>\n\nIt is 4.");
+        let (reasoning, content) =
+            ReasoningParser::split("<think>\nLet me see.\n</think>\n\nIt is 4.");
         assert_eq!(reasoning.as_deref(), Some("Let me see."));
         assert_eq!(content.as_deref(), Some("It is 4."));
     }
@@ -231,13 +244,19 @@ mod tests {
     #[test]
     fn parser_starts_in_reasoning_when_the_template_opened_think() {
         let (reasoning, content) = ReasoningParser::split("Hmm.</think>Four.");
-        assert_eq!((reasoning.as_deref(), content.as_deref()), (Some("Hmm."), Some("Four.")));
+        assert_eq!(
+            (reasoning.as_deref(), content.as_deref()),
+            (Some("Hmm."), Some("Four."))
+        );
     }
 
     #[test]
     fn output_without_think_close_is_all_reasoning() {
         let (reasoning, content) = ReasoningParser::split("<think>still thinking");
-        assert_eq!((reasoning.as_deref(), content), (Some("still thinking"), None));
+        assert_eq!(
+            (reasoning.as_deref(), content),
+            (Some("still thinking"), None)
+        );
     }
 
     #[test]
@@ -246,13 +265,19 @@ mod tests {
         assert_eq!(parser.push("abc </th").reasoning, "abc");
         assert!(!parser.in_content());
         let delta = parser.push("ink> answer");
-        assert_eq!((delta.reasoning.as_str(), delta.content.as_str()), ("", "answer"));
+        assert_eq!(
+            (delta.reasoning.as_str(), delta.content.as_str()),
+            ("", "answer")
+        );
         assert!(parser.in_content());
     }
 
     #[test]
     fn a_false_alarm_close_prefix_is_released_as_reasoning() {
-        assert_eq!(streamed(&["a </", "b"]), ("a </b".to_string(), String::new()));
+        assert_eq!(
+            streamed(&["a </", "b"]),
+            ("a </b".to_string(), String::new())
+        );
     }
 
     #[test]
@@ -261,7 +286,10 @@ mod tests {
         assert!("qwen3".parse::<ReasoningParserKind>().is_err());
         let r1 = ReasoningParserKind::for_model_name("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf");
         assert_eq!(r1, Some(ReasoningParserKind::DeepSeekR1));
-        assert_eq!(ReasoningParserKind::for_model_name("SmolLM2-135M-Instruct"), None);
+        assert_eq!(
+            ReasoningParserKind::for_model_name("SmolLM2-135M-Instruct"),
+            None
+        );
     }
 
     fn piece() -> impl Strategy<Value = String> {

@@ -41,7 +41,10 @@ where
     let body = Body::from_stream(frames.map(Ok::<Bytes, Infallible>));
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell proxies such as nginx not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -71,8 +74,13 @@ mod tests {
     async fn response_streams_frames_as_event_stream() {
         let frames = futures::stream::iter(vec![data_frame(&1), Bytes::from_static(DONE_FRAME)]);
         let response = response(frames);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
-        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"data: 1\n\ndata: [DONE]\n\n");
     }
 }

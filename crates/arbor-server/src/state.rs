@@ -68,7 +68,9 @@ pub struct AppState {
 impl AppState {
     /// Shares `engine` under `config`.
     pub fn new(engine: Engine, config: ServerConfig) -> Arc<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         Arc::new(Self {
             engine,
             config,
@@ -126,10 +128,12 @@ impl AppState {
     /// Token ids of `text`; `add_special_tokens` adds what the tokenizer's
     /// post-processor adds (usually BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ApiError> {
-        self.tokenizer()?.encode(text, add_special_tokens).map_err(|err| {
-            tracing::warn!(error = %err, "tokenizer failed to encode");
-            ApiError::bad_request(err.to_string(), Some("prompt"), "invalid_value")
-        })
+        self.tokenizer()?
+            .encode(text, add_special_tokens)
+            .map_err(|err| {
+                tracing::warn!(error = %err, "tokenizer failed to encode");
+                ApiError::bad_request(err.to_string(), Some("prompt"), "invalid_value")
+            })
     }
 
     /// Text of `ids`.
@@ -140,7 +144,11 @@ impl AppState {
     }
 
     /// Renders chat messages (already in template form) to prompt text.
-    pub fn render_chat(&self, messages: &[Json], options: &RenderOptions) -> Result<String, ApiError> {
+    pub fn render_chat(
+        &self,
+        messages: &[Json],
+        options: &RenderOptions,
+    ) -> Result<String, ApiError> {
         let template = self
             .config
             .chat_template
@@ -167,7 +175,11 @@ impl AppState {
     pub fn max_context_tokens(&self) -> usize {
         let n_context = self.engine.model_info().max_context_tokens;
         let kv_capacity = self.engine.stats().kv_capacity_tokens;
-        if kv_capacity > 0 { n_context.min(kv_capacity) } else { n_context }
+        if kv_capacity > 0 {
+            n_context.min(kv_capacity)
+        } else {
+            n_context
+        }
     }
 
     /// The limits `build_params` checks a prompt of `n_prompt_tokens` against.
@@ -189,5 +201,7 @@ impl AppState {
 
 /// Unix seconds now, for `created` fields.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

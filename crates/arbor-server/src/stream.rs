@@ -7,8 +7,8 @@
 //! pages at the engine's next step.
 
 use arbor_engine::{Event, RequestStream};
-use bytes::{Bytes, BytesMut};
 use axum::response::Response;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::ApiError;
 use crate::sse;
@@ -34,7 +34,11 @@ pub trait ChunkWriter: Send + 'static {
 /// An SSE response streaming `events` through `writer`, ending with `data: [DONE]`. If
 /// the engine stream ends before every sequence finished (the engine stopped), an error
 /// frame precedes `[DONE]`.
-pub fn sse_response<W: ChunkWriter>(events: RequestStream, writer: W, tracker: RequestTracker) -> Response {
+pub fn sse_response<W: ChunkWriter>(
+    events: RequestStream,
+    writer: W,
+    tracker: RequestTracker,
+) -> Response {
     let driver = Driver {
         events,
         writer,

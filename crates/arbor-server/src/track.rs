@@ -39,7 +39,13 @@ impl RequestTracker {
         max_tokens: usize,
         n_sequences: usize,
     ) -> Self {
-        tracing::debug!(request_id, n_prompt_tokens, max_tokens, n_sequences, "request submitted");
+        tracing::debug!(
+            request_id,
+            n_prompt_tokens,
+            max_tokens,
+            n_sequences,
+            "request submitted"
+        );
         Self {
             state,
             request_id: request_id.to_string(),
@@ -89,7 +95,12 @@ impl RequestTracker {
 
     fn log(&mut self, message: &'static str) {
         self.logged = true;
-        let finish_reason = self.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let finish_reason = self
+            .reasons
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let ttft_ms = self.ttft.map(|t| t.as_millis() as u64);
         tracing::info!(
             request_id = %self.request_id,

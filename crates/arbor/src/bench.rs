@@ -20,8 +20,8 @@ use arbor_bench::workload::{
     MultiTurnSpec, PromptKind, RandomSpec, SharedPrefixSpec, SharegptSpec,
 };
 use arbor_bench::{
-    Api, Backend, BenchError, BenchSpec, LoadSpec, TargetSpec, TokenCounter, WorkloadSpec,
-    plot, report,
+    Api, Backend, BenchError, BenchSpec, LoadSpec, TargetSpec, TokenCounter, WorkloadSpec, plot,
+    report,
 };
 use arbor_models::tokenizer::Tokenizer;
 use clap::{Args, Subcommand};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use arbor_engine::{
-    Engine, EngineConfig, Event, FinishReason, GenerateRequest, KvBudget, LoadOptions,
-    ModelDType, ModelDevice, RequestStream, SamplingParams,
+    Engine, EngineConfig, Event, FinishReason, GenerateRequest, KvBudget, LoadOptions, ModelDType,
+    ModelDevice, RequestStream, SamplingParams,
 };
 use arbor_models::{ChatMessage, ModelSource, RenderOptions};
 use serde_json::{Value, json};
@@ -125,7 +125,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if args.input.prompts_file.is_some() {
         run_batch(&engine, prepared)
     } else {
-        let job = prepared.into_iter().next().expect("one job without --prompts-file");
+        let job = prepared
+            .into_iter()
+            .next()
+            .expect("one job without --prompts-file");
         run_single(&engine, job, args.json)
     }
 }
@@ -186,14 +189,21 @@ fn single_job(input: &PromptInput) -> Job {
     } else {
         Prompt::Ids(input.prompt_ids.clone().unwrap_or_default())
     };
-    Job { prompt: Some(prompt), ..Job::default() }
+    Job {
+        prompt: Some(prompt),
+        ..Job::default()
+    }
 }
 
 fn load_engine(args: &GenerateArgs) -> anyhow::Result<Engine> {
     let source = ModelSource::resolve(&args.model)
         .with_context(|| format!("cannot find model {}", args.model))?;
     let path = source.path().to_string_lossy().into_owned();
-    let load = LoadOptions { dtype: args.dtype, device: args.device, ..LoadOptions::default() };
+    let load = LoadOptions {
+        dtype: args.dtype,
+        device: args.device,
+        ..LoadOptions::default()
+    };
     let config = EngineConfig {
         page_size: args.page_size,
         kv_cache: args.kv_cache_memory,
@@ -224,7 +234,10 @@ fn prepare(engine: &Engine, args: &GenerateArgs, job: Job) -> anyhow::Result<Pre
         ..SamplingParams::default()
     };
     let request = GenerateRequest::new(prompt_ids, params);
-    Ok(Prepared { line: job.line, request })
+    Ok(Prepared {
+        line: job.line,
+        request,
+    })
 }
 
 fn tokenize(engine: &Engine, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
@@ -240,7 +253,10 @@ fn tokenize(engine: &Engine, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
             let template = engine
                 .chat_template()
                 .context("this model has no chat template; use --prompt instead of --chat")?;
-            let options = RenderOptions { add_generation_prompt: true, ..RenderOptions::default() };
+            let options = RenderOptions {
+                add_generation_prompt: true,
+                ..RenderOptions::default()
+            };
             let text = template.render(&[ChatMessage::new("user", message.as_str())], &options)?;
             // The template writes the BOS and other special tokens itself.
             Ok(tokenizer.encode(&text, false)?)
@@ -252,7 +268,9 @@ fn tokenize(engine: &Engine, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
 fn run_single(engine: &Engine, job: Prepared, json_output: bool) -> anyhow::Result<()> {
     let prompt_ids = job.request.prompt_ids.clone();
     let started = Instant::now();
-    let mut stream = engine.submit(job.request).context("the engine refused the prompt")?;
+    let mut stream = engine
+        .submit(job.request)
+        .context("the engine refused the prompt")?;
     let stream_text = !json_output && engine.tokenizer().is_some();
     let outcome = collect(&mut stream, stream_text)?;
     let elapsed = started.elapsed();
@@ -341,7 +359,9 @@ fn collect(stream: &mut RequestStream, stream_text: bool) -> anyhow::Result<Outc
     let mut stdout = std::io::stdout();
     while let Some(event) = stream.blocking_next() {
         match event {
-            Event::Token { token_ids, text, .. } => {
+            Event::Token {
+                token_ids, text, ..
+            } => {
                 outcome.output_ids.extend(token_ids);
                 if stream_text {
                     print!("{text}");
@@ -365,7 +385,11 @@ fn collect(stream: &mut RequestStream, stream_text: bool) -> anyhow::Result<Outc
 
 fn per_second(n_tokens: usize, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
-    if secs > 0.0 { n_tokens as f64 / secs } else { 0.0 }
+    if secs > 0.0 {
+        n_tokens as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 fn reason_str(reason: Option<FinishReason>) -> String {
@@ -398,7 +422,10 @@ fn parse_prompt_line(line: &str, line_no: usize) -> anyhow::Result<Job> {
     let Value::Object(fields) = value else {
         bail!("expected a JSON object");
     };
-    let mut job = Job { line: line_no, ..Job::default() };
+    let mut job = Job {
+        line: line_no,
+        ..Job::default()
+    };
     for (key, value) in &fields {
         let prompt = match key.as_str() {
             "prompt" => Some(Prompt::Text(string_field(key, value)?)),
@@ -418,7 +445,11 @@ fn parse_prompt_line(line: &str, line_no: usize) -> anyhow::Result<Job> {
                 None
             }
             "ignore_eos" => {
-                job.ignore_eos = Some(value.as_bool().context("`ignore_eos` must be true or false")?);
+                job.ignore_eos = Some(
+                    value
+                        .as_bool()
+                        .context("`ignore_eos` must be true or false")?,
+                );
                 None
             }
             other => bail!(
@@ -438,11 +469,16 @@ fn parse_prompt_line(line: &str, line_no: usize) -> anyhow::Result<Job> {
 }
 
 fn string_field(key: &str, value: &Value) -> anyhow::Result<String> {
-    value.as_str().map(str::to_owned).with_context(|| format!("`{key}` must be a string"))
+    value
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("`{key}` must be a string"))
 }
 
 fn uint_field(key: &str, value: &Value) -> anyhow::Result<u64> {
-    value.as_u64().with_context(|| format!("`{key}` must be a non-negative integer"))
+    value
+        .as_u64()
+        .with_context(|| format!("`{key}` must be a non-negative integer"))
 }
 
 fn ids_field(value: &Value) -> anyhow::Result<Vec<u32>> {
@@ -450,7 +486,11 @@ fn ids_field(value: &Value) -> anyhow::Result<Vec<u32>> {
     let items = value.as_array().with_context(bad)?;
     items
         .iter()
-        .map(|item| item.as_u64().and_then(|id| u32::try_from(id).ok()).with_context(bad))
+        .map(|item| {
+            item.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .with_context(bad)
+        })
         .collect()
 }
 
@@ -460,12 +500,15 @@ mod tests {
 
     #[test]
     fn a_prompts_line_takes_one_prompt_and_its_overrides() {
-        let job = parse_prompt_line(r#"{"prompt_ids": [1, 2], "max_tokens": 4, "seed": 7}"#, 3)
-            .unwrap();
+        let job =
+            parse_prompt_line(r#"{"prompt_ids": [1, 2], "max_tokens": 4, "seed": 7}"#, 3).unwrap();
         assert_eq!(job.prompt, Some(Prompt::Ids(vec![1, 2])));
         assert_eq!((job.line, job.max_tokens, job.seed), (3, Some(4), Some(7)));
-        let job = parse_prompt_line(r#"{"chat": "hi", "ignore_eos": true, "temperature": 0.5}"#, 1)
-            .unwrap();
+        let job = parse_prompt_line(
+            r#"{"chat": "hi", "ignore_eos": true, "temperature": 0.5}"#,
+            1,
+        )
+        .unwrap();
         assert_eq!(job.prompt, Some(Prompt::Chat("hi".into())));
         assert_eq!((job.ignore_eos, job.temperature), (Some(true), Some(0.5)));
     }

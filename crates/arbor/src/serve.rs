@@ -77,7 +77,11 @@ pub struct ServeArgs {
     pub kv_cache_memory: Option<KvBudget>,
 
     /// Most tokens (prompt plus output) per sequence. Default: the model's context.
-    #[arg(long, visible_alias = "max-model-len", visible_alias = "context-length")]
+    #[arg(
+        long,
+        visible_alias = "max-model-len",
+        visible_alias = "context-length"
+    )]
     pub max_context_tokens: Option<usize>,
 
     /// Turn off prefix sharing between requests (the radix cache).
@@ -126,7 +130,11 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let grace = Duration::try_from_secs_f64(args.shutdown_grace_secs)
         .context("--shutdown-grace-secs must be a non-negative number")?;
 
-    let load = LoadOptions { dtype: args.dtype, device: args.device, ..LoadOptions::default() };
+    let load = LoadOptions {
+        dtype: args.dtype,
+        device: args.device,
+        ..LoadOptions::default()
+    };
     let mut config = engine_config(&args);
     if let ModelDevice::Cuda(ordinal) = args.device
         && let Some(plan) = plan_gpu_memory(&args, ordinal)?
@@ -175,7 +183,10 @@ fn resolve_model(spec: &str) -> anyhow::Result<String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 fn engine_config(args: &ServeArgs) -> EngineConfig {
@@ -290,7 +301,9 @@ fn reasoning_parser_for(flag: &str, model: &str) -> anyhow::Result<Option<Reason
 }
 
 fn auto_parser(flag: &str, model_name: &str) -> Option<ReasoningParserKind> {
-    (flag == "auto").then(|| ReasoningParserKind::for_model_name(model_name)).flatten()
+    (flag == "auto")
+        .then(|| ReasoningParserKind::for_model_name(model_name))
+        .flatten()
 }
 
 pub(crate) fn parse_device(s: &str) -> Result<ModelDevice, String> {
@@ -309,7 +322,8 @@ pub(crate) fn parse_device(s: &str) -> Result<ModelDevice, String> {
 /// (K/M/G/T with or without B, and KiB/MiB/GiB/TiB, all powers of 1024 except KB/MB/GB/TB).
 pub(crate) fn parse_kv_memory(s: &str) -> Result<KvBudget, String> {
     let s = s.trim();
-    let invalid = || format!("invalid KV memory {s:?}: use bytes (2GiB, 512MiB) or a fraction (0.5)");
+    let invalid =
+        || format!("invalid KV memory {s:?}: use bytes (2GiB, 512MiB) or a fraction (0.5)");
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (number, unit) = (s[..split].trim(), s[split..].trim().to_ascii_lowercase());
     let value: f64 = number.parse().map_err(|_| invalid())?;
@@ -362,7 +376,10 @@ mod tests {
     #[test]
     fn reasoning_parser_follows_the_flag_then_the_model_name() {
         let r1 = Some(ReasoningParserKind::DeepSeekR1);
-        assert_eq!(reasoning_parser_for("auto", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").unwrap(), r1);
+        assert_eq!(
+            reasoning_parser_for("auto", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").unwrap(),
+            r1
+        );
         assert_eq!(reasoning_parser_for("auto", "smollm2").unwrap(), None);
         assert_eq!(reasoning_parser_for("none", "DeepSeek-R1").unwrap(), None);
         assert_eq!(reasoning_parser_for("deepseek-r1", "smollm2").unwrap(), r1);

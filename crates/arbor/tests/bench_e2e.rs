@@ -103,7 +103,11 @@ fn model_dir_with_tokenizer(root: &Path) -> PathBuf {
     for file in ["config.json", "generation_config.json", "model.safetensors"] {
         std::fs::copy(fixture_dir().join(file), dir.join(file)).unwrap();
     }
-    std::fs::write(dir.join("tokenizer.json"), word_level_tokenizer().to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        word_level_tokenizer().to_string(),
+    )
+    .unwrap();
     dir
 }
 
@@ -200,7 +204,13 @@ fn run_ok(command: &mut Command) -> Output {
 fn bench(server: &Server, model_dir: &Path, max_concurrency: usize, jsonl: &Path) -> Output {
     run_ok(
         arbor()
-            .args(["bench", "--backend", "arbor", "--base-url", &server.base_url])
+            .args([
+                "bench",
+                "--backend",
+                "arbor",
+                "--base-url",
+                &server.base_url,
+            ])
             .arg("--model")
             .arg(model_dir)
             .args(["--dataset-name", "random", "--random-prompt", "ids"])
@@ -238,7 +248,10 @@ fn check_record(record: &Value, max_concurrency: usize) {
     // ignore_eos makes every request generate exactly max_tokens, by the server's
     // usage and by the client's own count of the streamed text.
     assert_eq!(record["total_output_tokens"], N_PROMPTS * OUTPUT_LEN);
-    assert_eq!(record["total_output_tokens_retokenized"], N_PROMPTS * OUTPUT_LEN);
+    assert_eq!(
+        record["total_output_tokens_retokenized"],
+        N_PROMPTS * OUTPUT_LEN
+    );
     assert_eq!(record["short_outputs"], 0);
 
     for key in [
@@ -254,7 +267,10 @@ fn check_record(record: &Value, max_concurrency: usize) {
     }
     assert!(number(record, "mean_e2e_latency_ms") >= number(record, "mean_ttft_ms"));
     assert!(number(record, "p99_ttft_ms") >= number(record, "median_ttft_ms"));
-    assert!(record["total_cached_tokens"].is_number(), "arbor reports cached tokens");
+    assert!(
+        record["total_cached_tokens"].is_number(),
+        "arbor reports cached tokens"
+    );
 }
 
 #[test]
@@ -289,7 +305,10 @@ fn bench_measures_arbor_serve_and_report_plots_the_runs() {
     );
     let table = String::from_utf8_lossy(&report.stdout);
     assert_eq!(
-        table.lines().filter(|l| l.starts_with("arbor-tiny")).count(),
+        table
+            .lines()
+            .filter(|l| l.starts_with("arbor-tiny"))
+            .count(),
         2,
         "a table row per run:\n{table}"
     );

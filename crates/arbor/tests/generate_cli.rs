@@ -16,7 +16,11 @@ fn prompt_ids_give_the_reference_greedy_ids_on_every_tiny_model() {
         for (prompt_ids, greedy) in reference_cases(model) {
             let out = generate_json(&fixture(model), &prompt_ids, &["--max-tokens", "16"]);
             assert_eq!(ids(&out["prompt_ids"]), prompt_ids, "{model}");
-            assert_eq!(ids(&out["output_ids"]), greedy, "{model}, prompt {prompt_ids:?}");
+            assert_eq!(
+                ids(&out["output_ids"]),
+                greedy,
+                "{model}, prompt {prompt_ids:?}"
+            );
             assert_eq!(out["finish_reason"], "length");
             assert!(out["tokens_per_s"].as_f64().is_some(), "{out}");
         }
@@ -37,13 +41,25 @@ fn a_prompts_file_gives_each_prompt_the_output_it_gets_alone() {
         .map(|(p, _)| format!(r#"{{"prompt_ids": {p:?}}}"#))
         .collect();
     lines.push(format!(r#"{{"prompt_ids": {extended:?}}}"#));
-    lines.push(format!(r#"{{"prompt_ids": {first_prompt:?}, "max_tokens": 5}}"#));
+    lines.push(format!(
+        r#"{{"prompt_ids": {first_prompt:?}, "max_tokens": 5}}"#
+    ));
     let file = write_temp("batch.jsonl", &lines.join("\n"));
 
-    let args = ["--prompts-file", path_str(&file), "--max-tokens", "16", "--ignore-eos"];
+    let args = [
+        "--prompts-file",
+        path_str(&file),
+        "--max-tokens",
+        "16",
+        "--ignore-eos",
+    ];
     let out = arbor_ok(&model, &args);
     let rows = json_lines(&out);
-    assert_eq!(rows.len(), lines.len() + 1, "one line per prompt, then the stats");
+    assert_eq!(
+        rows.len(),
+        lines.len() + 1,
+        "one line per prompt, then the stats"
+    );
     for (index, (prompt, greedy)) in cases.iter().enumerate() {
         assert_eq!(rows[index]["index"], index);
         assert_eq!(ids(&rows[index]["prompt_ids"]), *prompt);
@@ -54,12 +70,16 @@ fn a_prompts_file_gives_each_prompt_the_output_it_gets_alone() {
     assert_eq!(rows[4]["finish_reason"], "length");
 
     let stats = &rows[5]["stats"];
-    let n_prompt: usize = cases.iter().map(|(p, _)| p.len()).sum::<usize>()
-        + extended.len()
-        + first_prompt.len();
+    let n_prompt: usize =
+        cases.iter().map(|(p, _)| p.len()).sum::<usize>() + extended.len() + first_prompt.len();
     assert_eq!(stats["prompt_tokens"], n_prompt);
     assert_eq!(stats["output_tokens"], 16 * 4 + 5);
-    for key in ["cached_prompt_tokens", "preemptions", "elapsed_s", "output_tokens_per_s"] {
+    for key in [
+        "cached_prompt_tokens",
+        "preemptions",
+        "elapsed_s",
+        "output_tokens_per_s",
+    ] {
         assert!(stats[key].is_number(), "{key} missing from {stats}");
     }
 }
@@ -77,8 +97,15 @@ fn a_kv_cache_too_small_for_all_prompts_preempts_and_outputs_stay_the_same() {
     // so 72 pages of 4 tokens: the 257-token prompt plus 16 tokens needs 69 of them.
     let kv_bytes = (72 * 4 * 512).to_string();
     let args = [
-        "--prompts-file", path_str(&file), "--max-tokens", "16", "--ignore-eos",
-        "--page-size", "4", "--kv-cache-memory", &kv_bytes,
+        "--prompts-file",
+        path_str(&file),
+        "--max-tokens",
+        "16",
+        "--ignore-eos",
+        "--page-size",
+        "4",
+        "--kv-cache-memory",
+        &kv_bytes,
     ];
     let out = arbor_ok(&model, &args);
     let rows = json_lines(&out);
@@ -91,26 +118,56 @@ fn a_kv_cache_too_small_for_all_prompts_preempts_and_outputs_stay_the_same() {
 
 #[test]
 fn a_missing_model_fails_with_its_path_in_the_message() {
-    let out = arbor(&["generate", "--model", "/no/such/model-dir", "--prompt-ids", "1"]);
+    let out = arbor(&[
+        "generate",
+        "--model",
+        "/no/such/model-dir",
+        "--prompt-ids",
+        "1",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/no/such/model-dir") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("/no/such/model-dir") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_bad_prompts_file_line_fails_naming_the_line() {
     let model = fixture("tiny-llama3");
-    let file = write_temp("bad.jsonl", "{\"prompt_ids\": [1, 2]}\n\n{\"prompt_ids\": \"1 2\"}\n");
-    let out = arbor(&["generate", "--model", path_str(&model), "--prompts-file", path_str(&file)]);
+    let file = write_temp(
+        "bad.jsonl",
+        "{\"prompt_ids\": [1, 2]}\n\n{\"prompt_ids\": \"1 2\"}\n",
+    );
+    let out = arbor(&[
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompts-file",
+        path_str(&file),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
-    assert!(stderr.contains("`prompt_ids` must be an array of token ids"), "{stderr}");
+    assert!(
+        stderr.contains("`prompt_ids` must be an array of token ids"),
+        "{stderr}"
+    );
 
     let file = write_temp("two_prompts.jsonl", r#"{"prompt": "a", "prompt_ids": [1]}"#);
-    let out = arbor(&["generate", "--model", path_str(&model), "--prompts-file", path_str(&file)]);
+    let out = arbor(&[
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompts-file",
+        path_str(&file),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 1") && stderr.contains("exactly one of"), "{stderr}");
+    assert!(
+        stderr.contains("line 1") && stderr.contains("exactly one of"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -119,7 +176,10 @@ fn a_text_prompt_on_a_model_without_tokenizer_asks_for_token_ids() {
     let out = arbor(&["generate", "--model", path_str(&model), "--prompt", "hello"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no tokenizer") && stderr.contains("--prompt-ids"), "{stderr}");
+    assert!(
+        stderr.contains("no tokenizer") && stderr.contains("--prompt-ids"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -127,7 +187,15 @@ fn exactly_one_prompt_source_is_required() {
     let model = fixture("tiny-qwen2");
     let none = arbor(&["generate", "--model", path_str(&model)]);
     assert!(!none.status.success());
-    let two = arbor(&["generate", "--model", path_str(&model), "--prompt", "a", "--prompt-ids", "1"]);
+    let two = arbor(&[
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompt",
+        "a",
+        "--prompt-ids",
+        "1",
+    ]);
     assert!(!two.status.success());
     assert!(String::from_utf8_lossy(&two.stderr).contains("cannot be used with"));
 }
@@ -138,12 +206,23 @@ fn smollm2_chat_gives_the_reference_prompt_and_greedy_answer() {
     let reference = smollm2_reference();
     let case = &reference["cases"][0];
     let question = case["messages"][0]["content"].as_str().unwrap();
-    let args = ["--chat", question, "--max-tokens", "32", "--dtype", "f32", "--json"];
+    let args = [
+        "--chat",
+        question,
+        "--max-tokens",
+        "32",
+        "--dtype",
+        "f32",
+        "--json",
+    ];
     let out = json_lines(&arbor_ok(&gguf, &args)).remove(0);
     assert_eq!(ids(&out["prompt_ids"]), ids(&case["prompt_ids"]));
     assert_eq!(ids(&out["output_ids"]), ids(&case["greedy_32_ids"]));
     assert_eq!(out["finish_reason"], "stop");
-    let text = case["greedy_32_text"].as_str().unwrap().replace("<|im_end|>", "");
+    let text = case["greedy_32_text"]
+        .as_str()
+        .unwrap()
+        .replace("<|im_end|>", "");
     assert_eq!(out["text"], text);
 }
 
@@ -156,24 +235,44 @@ fn smollm2_prompts_file_answers_every_reference_case_at_once() {
     // system message as the reference's own prompt ids.
     let lines: Vec<String> = cases
         .iter()
-        .map(|case| match (case["messages"].as_array(), case["text"].as_str()) {
-            (Some(messages), _) if messages.len() == 1 => {
-                serde_json::json!({ "chat": messages[0]["content"] }).to_string()
-            }
-            (None, Some(text)) => serde_json::json!({ "prompt": text }).to_string(),
-            _ => serde_json::json!({ "prompt_ids": case["prompt_ids"] }).to_string(),
-        })
+        .map(
+            |case| match (case["messages"].as_array(), case["text"].as_str()) {
+                (Some(messages), _) if messages.len() == 1 => {
+                    serde_json::json!({ "chat": messages[0]["content"] }).to_string()
+                }
+                (None, Some(text)) => serde_json::json!({ "prompt": text }).to_string(),
+                _ => serde_json::json!({ "prompt_ids": case["prompt_ids"] }).to_string(),
+            },
+        )
         .collect();
     let file = write_temp("smollm2.jsonl", &lines.join("\n"));
-    let args = ["--prompts-file", path_str(&file), "--max-tokens", "32", "--dtype", "f32"];
+    let args = [
+        "--prompts-file",
+        path_str(&file),
+        "--max-tokens",
+        "32",
+        "--dtype",
+        "f32",
+    ];
     let rows = json_lines(&arbor_ok(&gguf, &args));
     assert_eq!(rows.len(), cases.len() + 1);
     for (index, case) in cases.iter().enumerate() {
-        assert_eq!(ids(&rows[index]["prompt_ids"]), ids(&case["prompt_ids"]), "case {index}");
-        assert_eq!(ids(&rows[index]["output_ids"]), ids(&case["greedy_32_ids"]), "case {index}");
+        assert_eq!(
+            ids(&rows[index]["prompt_ids"]),
+            ids(&case["prompt_ids"]),
+            "case {index}"
+        );
+        assert_eq!(
+            ids(&rows[index]["output_ids"]),
+            ids(&case["greedy_32_ids"]),
+            "case {index}"
+        );
     }
     let stats = &rows[cases.len()]["stats"];
-    let n_output: usize = cases.iter().map(|case| ids(&case["greedy_32_ids"]).len()).sum();
+    let n_output: usize = cases
+        .iter()
+        .map(|case| ids(&case["greedy_32_ids"]).len())
+        .sum();
     assert_eq!(stats["output_tokens"], n_output);
 }
 
@@ -197,7 +296,10 @@ fn arbor_ok(model: &Path, args: &[&str]) -> String {
     all.extend(args);
     let out = arbor(&all);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "arbor generate {args:?} failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "arbor generate {args:?} failed: {stderr}"
+    );
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
@@ -216,7 +318,9 @@ fn json_lines(stdout: &str) -> Vec<Value> {
 }
 
 fn ids(value: &Value) -> Vec<u32> {
-    let items = value.as_array().unwrap_or_else(|| panic!("not an id list: {value}"));
+    let items = value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an id list: {value}"));
     items.iter().map(|id| id.as_u64().unwrap() as u32).collect()
 }
 
@@ -233,14 +337,19 @@ fn reference_cases(model: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
     let text = std::fs::read_to_string(fixture(model).join("reference.json")).unwrap();
     let reference: Value = serde_json::from_str(&text).unwrap();
     let cases = reference["cases"].as_array().unwrap();
-    cases.iter().map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_16"]))).collect()
+    cases
+        .iter()
+        .map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_16"])))
+        .collect()
 }
 
 fn smollm2() -> Option<PathBuf> {
     match std::env::var_os("ARBOR_SMOLLM2_GGUF") {
         Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
         _ => {
-            println!("skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (./scripts/fetch-smollm2.sh)");
+            println!(
+                "skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (./scripts/fetch-smollm2.sh)"
+            );
             None
         }
     }

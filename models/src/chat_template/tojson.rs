@@ -52,17 +52,31 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidOperation, message.into())
 }
 
-fn write_value(out: &mut String, value: &Value, options: &Options, depth: usize) -> Result<(), Error> {
+fn write_value(
+    out: &mut String,
+    value: &Value,
+    options: &Options,
+    depth: usize,
+) -> Result<(), Error> {
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number => write_number(out, value)?,
-        ValueKind::String => write_string(out, value.as_str().unwrap_or_default(), options.ensure_ascii),
+        ValueKind::String => write_string(
+            out,
+            value.as_str().unwrap_or_default(),
+            options.ensure_ascii,
+        ),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, ('[', ']'), &items, options, depth, |out, item, depth| {
-                write_value(out, item, options, depth)
-            })?;
+            write_container(
+                out,
+                ('[', ']'),
+                &items,
+                options,
+                depth,
+                |out, item, depth| write_value(out, item, options, depth),
+            )?;
         }
         ValueKind::Map => {
             let mut entries: Vec<(String, Value)> = Vec::new();
@@ -73,14 +87,25 @@ fn write_value(out: &mut String, value: &Value, options: &Options, depth: usize)
             if options.sort_keys {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
             }
-            write_container(out, ('{', '}'), &entries, options, depth, |out, (key, item), depth| {
-                write_string(out, key, options.ensure_ascii);
-                out.push_str(&options.key_sep);
-                write_value(out, item, options, depth)
-            })?;
+            write_container(
+                out,
+                ('{', '}'),
+                &entries,
+                options,
+                depth,
+                |out, (key, item), depth| {
+                    write_string(out, key, options.ensure_ascii);
+                    out.push_str(&options.key_sep);
+                    write_value(out, item, options, depth)
+                },
+            )?;
         }
         ValueKind::Undefined => return Err(invalid("an undefined value is not JSON serializable")),
-        other => return Err(invalid(format!("a value of kind {other} is not JSON serializable"))),
+        other => {
+            return Err(invalid(format!(
+                "a value of kind {other} is not JSON serializable"
+            )));
+        }
     }
     Ok(())
 }
@@ -99,7 +124,12 @@ fn write_container<T>(
         out.push(close);
         return Ok(());
     }
-    let newline = |level: usize| options.indent.as_ref().map(|unit| format!("\n{}", unit.repeat(level)));
+    let newline = |level: usize| {
+        options
+            .indent
+            .as_ref()
+            .map(|unit| format!("\n{}", unit.repeat(level)))
+    };
     let inner = newline(depth + 1);
     for (idx, item) in items.iter().enumerate() {
         if idx > 0 {
@@ -126,7 +156,9 @@ fn key_text(key: &Value) -> Result<String, Error> {
             write_value(&mut text, key, &Options::plain(), 0)?;
             Ok(text)
         }
-        other => Err(invalid(format!("keys of kind {other} are not JSON serializable"))),
+        other => Err(invalid(format!(
+            "keys of kind {other} are not JSON serializable"
+        ))),
     }
 }
 
@@ -161,15 +193,25 @@ pub(crate) fn python_float_repr(x: f64) -> String {
         return "NaN".into();
     }
     if x.is_infinite() {
-        return if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
 
     // Rust's `{:e}` gives the same shortest round-trip digits, as `d.ddde<exp>`.
     let sci = format!("{:e}", x.abs());
-    let (mantissa, exp) = sci.split_once('e').expect("LowerExp output has an exponent");
+    let (mantissa, exp) = sci
+        .split_once('e')
+        .expect("LowerExp output has an exponent");
     let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
     let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
     let sign = if x < 0.0 { "-" } else { "" };
@@ -179,7 +221,10 @@ pub(crate) fn python_float_repr(x: f64) -> String {
         let text = if n_int <= 0 {
             format!("0.{}{digits}", "0".repeat((-n_int) as usize))
         } else if digits.len() as i32 <= n_int {
-            format!("{digits}{}.0", "0".repeat((n_int - digits.len() as i32) as usize))
+            format!(
+                "{digits}{}.0",
+                "0".repeat((n_int - digits.len() as i32) as usize)
+            )
         } else {
             let (int, frac) = digits.split_at(n_int as usize);
             format!("{int}.{frac}")
@@ -187,7 +232,11 @@ pub(crate) fn python_float_repr(x: f64) -> String {
         format!("{sign}{text}")
     } else {
         let (first, rest) = digits.split_at(1);
-        let mantissa = if rest.is_empty() { first.to_owned() } else { format!("{first}.{rest}") };
+        let mantissa = if rest.is_empty() {
+            first.to_owned()
+        } else {
+            format!("{first}.{rest}")
+        };
         let exp_sign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{mantissa}e{exp_sign}{:02}", exp.abs())
     }

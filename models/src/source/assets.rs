@@ -51,7 +51,11 @@ impl ModelAssets {
             .with_context(|| format!("loading the chat template of {}", dir.display()))?;
         let generation = GenerationConfig::from_hf_dir(dir, Some(&tokenizer))
             .with_context(|| format!("loading the generation config of {}", dir.display()))?;
-        Ok(Self { tokenizer, chat_template, generation })
+        Ok(Self {
+            tokenizer,
+            chat_template,
+            generation,
+        })
     }
 
     fn load_gguf(path: &Path) -> anyhow::Result<Self> {
@@ -63,6 +67,10 @@ impl ModelAssets {
         let mut generation = GenerationConfig::from_gguf(&header)
             .with_context(|| format!("loading the generation config of {}", path.display()))?;
         generation.add_tokenizer_ids(&tokenizer);
-        Ok(Self { tokenizer, chat_template, generation })
+        Ok(Self {
+            tokenizer,
+            chat_template,
+            generation,
+        })
     }
 }

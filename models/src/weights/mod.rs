@@ -34,15 +34,26 @@ pub(crate) trait WeightSource {
     ) -> Result<Linear, LoadError>;
 
     /// The token embedding `{prefix}.weight` (`[vocab, hidden]`).
-    fn embedding(&mut self, prefix: &str, vocab: usize, hidden: usize)
-    -> Result<Embedding, LoadError>;
+    fn embedding(
+        &mut self,
+        prefix: &str,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<Embedding, LoadError>;
 }
 
 /// Wraps a Candle error about tensor `name` of `path`.
-pub(crate) fn tensor_error(path: &Path, name: &str) -> impl FnOnce(candle_core::Error) -> LoadError {
+pub(crate) fn tensor_error(
+    path: &Path,
+    name: &str,
+) -> impl FnOnce(candle_core::Error) -> LoadError {
     let path = path.to_owned();
     let name = name.to_owned();
-    move |source| LoadError::Tensor { path, name, source: plain_error(source) }
+    move |source| LoadError::Tensor {
+        path,
+        name,
+        source: plain_error(source),
+    }
 }
 
 /// A Candle error reduced to its message: without the backtrace Candle attaches when
@@ -50,9 +61,8 @@ pub(crate) fn tensor_error(path: &Path, name: &str) -> impl FnOnce(candle_core::
 /// context on the same line, so that load errors stay one line.
 pub(crate) fn plain_error(error: candle_core::Error) -> candle_core::Error {
     match error {
-        candle_core::Error::WithBacktrace { inner, .. } | candle_core::Error::WithPath { inner, .. } => {
-            plain_error(*inner)
-        }
+        candle_core::Error::WithBacktrace { inner, .. }
+        | candle_core::Error::WithPath { inner, .. } => plain_error(*inner),
         candle_core::Error::Context { inner, context } => {
             candle_core::Error::Msg(format!("{context}: {}", plain_error(*inner)))
         }

@@ -58,10 +58,11 @@ impl SafetensorsWeights {
             }
             // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the
             // checkpoint not being truncated while the model is loaded.
-            let mapped = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| LoadError::Format {
-                path: path.clone(),
-                message: format!("not a readable safetensors file: {}", plain_error(e)),
-            })?;
+            let mapped =
+                unsafe { MmapedSafetensors::new(&path) }.map_err(|e| LoadError::Format {
+                    path: path.clone(),
+                    message: format!("not a readable safetensors file: {}", plain_error(e)),
+                })?;
             for (name, _) in mapped.tensors() {
                 routing.insert(name, files.len());
             }

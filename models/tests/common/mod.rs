@@ -11,7 +11,9 @@ use serde_json::Value;
 
 /// `tests/fixtures/<name>` of the workspace.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 /// One case of a tiny model's `reference.json`, with its logits.
@@ -66,9 +68,13 @@ pub struct PageDealer {
 impl PageDealer {
     pub fn new(n_pages: usize) -> Self {
         // A fixed permutation: multiply by a unit modulo n_pages, then reverse.
-        let step = (1..n_pages).rev().find(|s| gcd(*s, n_pages) == 1 && *s > n_pages / 3);
+        let step = (1..n_pages)
+            .rev()
+            .find(|s| gcd(*s, n_pages) == 1 && *s > n_pages / 3);
         let step = step.unwrap_or(1);
-        let free = (0..n_pages).map(|i| ((i * step + 5) % n_pages) as u32).collect();
+        let free = (0..n_pages)
+            .map(|i| ((i * step + 5) % n_pages) as u32)
+            .collect();
         Self { free }
     }
 
@@ -162,7 +168,14 @@ pub fn greedy(model: &Model, kv: &mut KvCache, prompt: &[u32], n_new: usize) -> 
     let mut out = vec![argmax_rows(&logits)[0]];
     while out.len() < n_new {
         let last = *out.last().unwrap();
-        let logits = forward_one(model, kv, &mut seq, &mut dealer, &[last], LogitsWanted::Last);
+        let logits = forward_one(
+            model,
+            kv,
+            &mut seq,
+            &mut dealer,
+            &[last],
+            LogitsWanted::Last,
+        );
         out.push(argmax_rows(&logits)[0]);
     }
     out

@@ -108,7 +108,11 @@ impl Scheduler {
             // Preempt the newest sequence (possibly this one) and try again.
             let mut victim = self.running.pop().expect("running set is not empty");
             kv.release(&mut victim);
-            debug!(sequence = victim.id.0, n_free_pages = kv.pool.n_free(), "preempted");
+            debug!(
+                sequence = victim.id.0,
+                n_free_pages = kv.pool.n_free(),
+                "preempted"
+            );
             self.waiting.push_preempted(victim);
             outcome.n_preempted += 1;
         }
@@ -123,8 +127,7 @@ impl Scheduler {
         mut budget: usize,
         outcome: &mut ScheduleOutcome,
     ) {
-        if budget == 0 || self.running.len() >= self.limits.max_running || self.waiting.is_empty()
-        {
+        if budget == 0 || self.running.len() >= self.limits.max_running || self.waiting.is_empty() {
             return;
         }
         let mut in_flight: Vec<InFlight> = (0..self.running.len())
@@ -145,7 +148,10 @@ impl Scheduler {
             let seq = self.waiting.get_mut(slot);
             let want = budget.min(self.limits.chunk_size);
             let Some(n_tokens) = admit_one(seq, prefix, kv, want) else {
-                debug!(n_free_pages = kv.pool.n_free(), "admission refused: no pages");
+                debug!(
+                    n_free_pages = kv.pool.n_free(),
+                    "admission refused: no pages"
+                );
                 break;
             };
             budget -= n_tokens;

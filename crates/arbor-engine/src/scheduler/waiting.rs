@@ -156,14 +156,19 @@ impl WaitingQueue {
         let mut scored: Vec<(f64, usize)> = (0..n_window)
             .map(|idx| {
                 let seq = &self.arrivals[idx];
-                let waited_s = now.saturating_duration_since(seq.submitted_at).as_secs_f64();
+                let waited_s = now
+                    .saturating_duration_since(seq.submitted_at)
+                    .as_secs_f64();
                 let score = seq.cached_hint as f64 + waited_s * LPM_AGING_TOKENS_PER_SECOND;
                 (score, idx)
             })
             .collect();
         // Highest score first; arrival order breaks ties.
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        scored.into_iter().map(|(_, idx)| Slot::Arrival(idx)).collect()
+        scored
+            .into_iter()
+            .map(|(_, idx)| Slot::Arrival(idx))
+            .collect()
     }
 
     /// Recomputes up to `HINT_REFRESHES_PER_STEP` stale hints in the window, those never

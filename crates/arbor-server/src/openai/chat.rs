@@ -105,7 +105,10 @@ pub struct ContentPart {
 /// to a string (text parts joined), `developer` read as `system`, other fields kept.
 pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Json>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid_value("messages", "messages must not be empty"));
+        return Err(ApiError::invalid_value(
+            "messages",
+            "messages must not be empty",
+        ));
     }
     messages
         .iter()
@@ -120,7 +123,10 @@ fn template_message(idx: usize, message: &ChatMessage) -> Result<Json, ApiError>
         "system" | "user" | "assistant" | "tool" => message.role.as_str(),
         other => {
             let param = format!("messages[{idx}].role");
-            return Err(ApiError::invalid_value(&param, format!("unknown role {other:?}")));
+            return Err(ApiError::invalid_value(
+                &param,
+                format!("unknown role {other:?}"),
+            ));
         }
     };
     let content = match &message.content {
@@ -131,9 +137,15 @@ fn template_message(idx: usize, message: &ChatMessage) -> Result<Json, ApiError>
     let mut out = json!({ "role": role, "content": content });
     let fields = [
         ("name", message.name.clone().map(Json::String)),
-        ("reasoning_content", message.reasoning_content.clone().map(Json::String)),
+        (
+            "reasoning_content",
+            message.reasoning_content.clone().map(Json::String),
+        ),
         ("tool_calls", message.tool_calls.clone()),
-        ("tool_call_id", message.tool_call_id.clone().map(Json::String)),
+        (
+            "tool_call_id",
+            message.tool_call_id.clone().map(Json::String),
+        ),
     ];
     for (key, value) in fields {
         if let Some(value) = value {
@@ -302,7 +314,10 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}"#;
         let req: ChatCompletionRequest = parse(body).unwrap();
         let messages = template_messages(&req.messages).unwrap();
-        assert_eq!(messages[0], json!({"role": "system", "content": "be brief"}));
+        assert_eq!(
+            messages[0],
+            json!({"role": "system", "content": "be brief"})
+        );
         assert_eq!(messages[1], json!({"role": "user", "content": "ab"}));
     }
 
@@ -323,6 +338,9 @@ mod tests {
             content: Some("x".into()),
             ..ChunkDelta::default()
         };
-        assert_eq!(serde_json::to_value(delta).unwrap(), json!({"content": "x"}));
+        assert_eq!(
+            serde_json::to_value(delta).unwrap(),
+            json!({"content": "x"})
+        );
     }
 }

@@ -117,8 +117,18 @@ pub fn build_params(
         top_k: check_top_k(fields.top_k)?,
         min_p: check_range("min_p", fields.min_p, 0.0..=1.0, 0.0)?,
         repetition_penalty: check_repetition_penalty(fields.repetition_penalty)?,
-        frequency_penalty: check_range("frequency_penalty", fields.frequency_penalty, -2.0..=2.0, 0.0)?,
-        presence_penalty: check_range("presence_penalty", fields.presence_penalty, -2.0..=2.0, 0.0)?,
+        frequency_penalty: check_range(
+            "frequency_penalty",
+            fields.frequency_penalty,
+            -2.0..=2.0,
+            0.0,
+        )?,
+        presence_penalty: check_range(
+            "presence_penalty",
+            fields.presence_penalty,
+            -2.0..=2.0,
+            0.0,
+        )?,
         logit_bias: check_logit_bias(fields.logit_bias.as_ref(), limits.vocab_size)?,
         // Negative seeds are valid OpenAI input; reinterpreting the bits keeps every
         // distinct seed distinct.
@@ -129,12 +139,17 @@ pub fn build_params(
         stop_strings: check_stop(fields.stop.clone())?,
         ignore_eos: fields.ignore_eos.unwrap_or(false),
         logprobs: check_logprobs(logprobs)?,
-        skip_special_tokens: fields.skip_special_tokens.unwrap_or(defaults.skip_special_tokens),
+        skip_special_tokens: fields
+            .skip_special_tokens
+            .unwrap_or(defaults.skip_special_tokens),
     };
     if params.min_tokens > params.max_tokens {
         return Err(ApiError::invalid_value(
             "min_tokens",
-            format!("min_tokens ({}) must not exceed max_tokens ({})", params.min_tokens, params.max_tokens),
+            format!(
+                "min_tokens ({}) must not exceed max_tokens ({})",
+                params.min_tokens, params.max_tokens
+            ),
         ));
     }
     Ok(params)
@@ -144,7 +159,10 @@ pub fn build_params(
 pub fn check_n(n: Option<u32>) -> Result<usize, ApiError> {
     match n.unwrap_or(1) {
         0 => Err(ApiError::invalid_value("n", "n must be at least 1")),
-        n if n > MAX_N => Err(ApiError::invalid_value("n", format!("n must be at most {MAX_N}"))),
+        n if n > MAX_N => Err(ApiError::invalid_value(
+            "n",
+            format!("n must be at most {MAX_N}"),
+        )),
         n => Ok(n as usize),
     }
 }
@@ -154,7 +172,10 @@ fn check_temperature(value: Option<f32>) -> Result<f32, ApiError> {
     if t.is_finite() && t >= 0.0 {
         return Ok(t);
     }
-    Err(ApiError::invalid_value("temperature", "temperature must be a finite number >= 0"))
+    Err(ApiError::invalid_value(
+        "temperature",
+        "temperature must be a finite number >= 0",
+    ))
 }
 
 fn check_top_p(value: Option<f32>) -> Result<f32, ApiError> {
@@ -169,7 +190,10 @@ fn check_top_k(value: Option<i64>) -> Result<usize, ApiError> {
     match value.unwrap_or(0) {
         -1 | 0 => Ok(0),
         k if k > 0 => Ok(usize::try_from(k).unwrap_or(usize::MAX)),
-        _ => Err(ApiError::invalid_value("top_k", "top_k must be -1, 0 (off) or positive")),
+        _ => Err(ApiError::invalid_value(
+            "top_k",
+            "top_k must be -1, 0 (off) or positive",
+        )),
     }
 }
 
@@ -192,7 +216,10 @@ fn check_repetition_penalty(value: Option<f32>) -> Result<f32, ApiError> {
     if r.is_finite() && r > 0.0 {
         return Ok(r);
     }
-    Err(ApiError::invalid_value("repetition_penalty", "repetition_penalty must be a finite number > 0"))
+    Err(ApiError::invalid_value(
+        "repetition_penalty",
+        "repetition_penalty must be a finite number > 0",
+    ))
 }
 
 fn check_logit_bias(
@@ -210,11 +237,13 @@ fn check_logit_bias(
             .ok()
             .filter(|&id| (id as usize) < vocab_size)
             .ok_or_else(|| {
-                let message = format!("logit_bias key {key:?} is not a token id below {vocab_size}");
+                let message =
+                    format!("logit_bias key {key:?} is not a token id below {vocab_size}");
                 ApiError::invalid_value("logit_bias", message)
             })?;
         if !(value.is_finite() && value.abs() <= MAX_LOGIT_BIAS) {
-            let message = format!("logit_bias values must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]");
+            let message =
+                format!("logit_bias values must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]");
             return Err(ApiError::invalid_value("logit_bias", message));
         }
         out.push((id, value));
@@ -235,14 +264,21 @@ fn check_max_tokens(max_tokens: Option<u64>, limits: &PromptLimits) -> Result<us
              {n_prompt} tokens, which leaves no room for output",
             limits.prompt_param
         );
-        return Err(ApiError::bad_request(message, Some(limits.prompt_param), "context_length_exceeded"));
+        return Err(ApiError::bad_request(
+            message,
+            Some(limits.prompt_param),
+            "context_length_exceeded",
+        ));
     }
     let room = n_context - n_prompt;
     let Some(requested) = max_tokens else {
         return Ok(limits.default_max_tokens.map_or(room, |d| d.min(room)));
     };
     if requested == 0 {
-        return Err(ApiError::invalid_value("max_tokens", "max_tokens must be at least 1"));
+        return Err(ApiError::invalid_value(
+            "max_tokens",
+            "max_tokens must be at least 1",
+        ));
     }
     let requested = usize::try_from(requested).unwrap_or(usize::MAX);
     if requested > room {
@@ -253,7 +289,11 @@ fn check_max_tokens(max_tokens: Option<u64>, limits: &PromptLimits) -> Result<us
             limits.prompt_param,
             limits.prompt_param,
         );
-        return Err(ApiError::bad_request(message, Some("max_tokens"), "context_length_exceeded"));
+        return Err(ApiError::bad_request(
+            message,
+            Some("max_tokens"),
+            "context_length_exceeded",
+        ));
     }
     Ok(requested)
 }
@@ -261,7 +301,8 @@ fn check_max_tokens(max_tokens: Option<u64>, limits: &PromptLimits) -> Result<us
 fn check_stop_token_ids(ids: Option<&[u32]>, vocab_size: usize) -> Result<Vec<u32>, ApiError> {
     let ids = ids.unwrap_or_default();
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-        let message = format!("stop token id {bad} is outside the vocabulary of {vocab_size} tokens");
+        let message =
+            format!("stop token id {bad} is outside the vocabulary of {vocab_size} tokens");
         return Err(ApiError::invalid_value("stop_token_ids", message));
     }
     Ok(ids.to_vec())
@@ -270,7 +311,10 @@ fn check_stop_token_ids(ids: Option<&[u32]>, vocab_size: usize) -> Result<Vec<u3
 fn check_stop(stop: Option<StopField>) -> Result<Vec<String>, ApiError> {
     let stops = stop.map(StopField::into_vec).unwrap_or_default();
     if stops.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_value("stop", "stop strings must not be empty"));
+        return Err(ApiError::invalid_value(
+            "stop",
+            "stop strings must not be empty",
+        ));
     }
     Ok(stops)
 }
@@ -326,8 +370,10 @@ impl UsageBody {
         let mut body = UsageBody::default();
         for usage in usages {
             body.prompt_tokens = body.prompt_tokens.max(usage.prompt_tokens);
-            body.prompt_tokens_details.cached_tokens =
-                body.prompt_tokens_details.cached_tokens.max(usage.cached_prompt_tokens);
+            body.prompt_tokens_details.cached_tokens = body
+                .prompt_tokens_details
+                .cached_tokens
+                .max(usage.cached_prompt_tokens);
             body.completion_tokens += usage.completion_tokens;
         }
         body.total_tokens = body.prompt_tokens + body.completion_tokens;
@@ -372,8 +418,18 @@ mod tests {
                 "skip_special_tokens": false}"#,
         );
         let p = build_params(&f, Some(10), Some(3), &limits(5)).unwrap();
-        assert_eq!((p.temperature, p.top_p, p.top_k, p.min_p), (0.5, 0.9, 40, 0.1));
-        assert_eq!((p.repetition_penalty, p.frequency_penalty, p.presence_penalty), (1.1, 0.5, -0.5));
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.min_p),
+            (0.5, 0.9, 40, 0.1)
+        );
+        assert_eq!(
+            (
+                p.repetition_penalty,
+                p.frequency_penalty,
+                p.presence_penalty
+            ),
+            (1.1, 0.5, -0.5)
+        );
         assert_eq!(p.logit_bias, vec![(3, 5.0), (7, -100.0)]);
         assert_eq!(p.seed, Some(u64::MAX));
         assert_eq!(p.stop_strings, vec!["END".to_string()]);
@@ -422,10 +478,19 @@ mod tests {
     #[test]
     fn max_tokens_must_fit_the_context_and_be_positive() {
         let none = SamplingFields::default();
-        assert_eq!(param_of(build_params(&none, Some(0), None, &limits(5)).unwrap_err()), "max_tokens");
-        assert_eq!(param_of(build_params(&none, Some(96), None, &limits(5)).unwrap_err()), "max_tokens");
+        assert_eq!(
+            param_of(build_params(&none, Some(0), None, &limits(5)).unwrap_err()),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(build_params(&none, Some(96), None, &limits(5)).unwrap_err()),
+            "max_tokens"
+        );
         assert!(build_params(&none, Some(95), None, &limits(5)).is_ok());
-        assert_eq!(param_of(build_params(&none, None, None, &limits(100)).unwrap_err()), "messages");
+        assert_eq!(
+            param_of(build_params(&none, None, None, &limits(100)).unwrap_err()),
+            "messages"
+        );
     }
 
     #[test]
@@ -452,7 +517,14 @@ mod tests {
             ..Usage::default()
         };
         let body = UsageBody::from_sequences(&[seq(3, 0), seq(4, 8)], Some(2));
-        assert_eq!((body.prompt_tokens, body.completion_tokens, body.total_tokens), (10, 7, 17));
+        assert_eq!(
+            (
+                body.prompt_tokens,
+                body.completion_tokens,
+                body.total_tokens
+            ),
+            (10, 7, 17)
+        );
         assert_eq!(body.prompt_tokens_details.cached_tokens, 8);
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["completion_tokens_details"]["reasoning_tokens"], 2);

@@ -66,9 +66,8 @@ impl PromptInput {
     // send one request per prompt instead. Supporting it means merging several engine
     // streams and renumbering choices.
     pub fn single(self) -> Result<SinglePrompt, ApiError> {
-        let several = || {
-            ApiError::invalid_value("prompt", "only one prompt per request is supported")
-        };
+        let several =
+            || ApiError::invalid_value("prompt", "only one prompt per request is supported");
         match self {
             PromptInput::Text(text) => Ok(SinglePrompt::Text(text)),
             PromptInput::Ids(ids) => Ok(SinglePrompt::Ids(ids)),
@@ -78,9 +77,10 @@ impl PromptInput {
             PromptInput::IdLists(mut lists) if lists.len() == 1 => {
                 Ok(SinglePrompt::Ids(lists.remove(0)))
             }
-            PromptInput::Texts(texts) if texts.is_empty() => {
-                Err(ApiError::invalid_value("prompt", "prompt must not be empty"))
-            }
+            PromptInput::Texts(texts) if texts.is_empty() => Err(ApiError::invalid_value(
+                "prompt",
+                "prompt must not be empty",
+            )),
             _ => Err(several()),
         }
     }
@@ -133,10 +133,22 @@ mod tests {
 
     #[test]
     fn every_prompt_shape_with_one_prompt_is_accepted() {
-        assert_eq!(prompt_of(br#"{"prompt": "hi"}"#).unwrap(), SinglePrompt::Text("hi".into()));
-        assert_eq!(prompt_of(br#"{"prompt": ["hi"]}"#).unwrap(), SinglePrompt::Text("hi".into()));
-        assert_eq!(prompt_of(br#"{"prompt": [1, 2]}"#).unwrap(), SinglePrompt::Ids(vec![1, 2]));
-        assert_eq!(prompt_of(br#"{"prompt": [[3]]}"#).unwrap(), SinglePrompt::Ids(vec![3]));
+        assert_eq!(
+            prompt_of(br#"{"prompt": "hi"}"#).unwrap(),
+            SinglePrompt::Text("hi".into())
+        );
+        assert_eq!(
+            prompt_of(br#"{"prompt": ["hi"]}"#).unwrap(),
+            SinglePrompt::Text("hi".into())
+        );
+        assert_eq!(
+            prompt_of(br#"{"prompt": [1, 2]}"#).unwrap(),
+            SinglePrompt::Ids(vec![1, 2])
+        );
+        assert_eq!(
+            prompt_of(br#"{"prompt": [[3]]}"#).unwrap(),
+            SinglePrompt::Ids(vec![3])
+        );
     }
 
     #[test]

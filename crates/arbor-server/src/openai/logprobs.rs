@@ -14,7 +14,11 @@ use arbor_engine::TokenLogprob;
 const LOGPROB_FLOOR: f32 = -9999.0;
 
 fn finite(logprob: f32) -> f32 {
-    if logprob.is_finite() { logprob } else { LOGPROB_FLOOR }
+    if logprob.is_finite() {
+        logprob
+    } else {
+        LOGPROB_FLOOR
+    }
 }
 
 /// `choices[].logprobs` of a chat completion or chunk.
@@ -139,7 +143,10 @@ mod tests {
 
     #[test]
     fn completion_logprobs_track_text_offsets() {
-        let out = CompletionLogprobs::from_engine(&[lp("ab", -1.0, &[("ab", -1.0)]), lp("c", -2.0, &[])], 3);
+        let out = CompletionLogprobs::from_engine(
+            &[lp("ab", -1.0, &[("ab", -1.0)]), lp("c", -2.0, &[])],
+            3,
+        );
         assert_eq!(out.tokens, vec!["ab", "c"]);
         assert_eq!(out.token_logprobs, vec![-1.0, -2.0]);
         assert_eq!(out.text_offset, vec![3, 5]);

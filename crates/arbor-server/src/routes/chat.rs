@@ -53,17 +53,26 @@ pub async fn chat_completions(
     let params = build_params(&request.sampling, request.max_tokens(), logprobs, &limits)?;
     let max_tokens = params.max_tokens;
     let n_prompt_tokens = prompt_ids.len();
-    let mut events = state.engine.submit(GenerateRequest { prompt_ids, params, n })?;
+    let mut events = state.engine.submit(GenerateRequest {
+        prompt_ids,
+        params,
+        n,
+    })?;
 
     let meta = ChatMeta {
         id: state.response_id("chatcmpl", events.id()),
         created,
         model: state.model_name().to_string(),
         want_logprobs: logprobs.is_some(),
-        include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        include_usage: request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
     };
     let mut tracker = RequestTracker::new(state.clone(), &meta.id, n_prompt_tokens, max_tokens, n);
-    let choices = (0..n).map(|_| ChoiceState::new(state.config.reasoning_parser)).collect();
+    let choices = (0..n)
+        .map(|_| ChoiceState::new(state.config.reasoning_parser))
+        .collect();
     let mut writer = ChatWriter { meta, choices };
     if request.stream {
         return Ok(sse_response(events, writer, tracker));
@@ -126,16 +135,27 @@ impl ChoiceState {
         delta
     }
 
-    fn finish(&mut self, reason: FinishReason, matched: Option<StopMatch>, usage: Usage) -> ReasoningDelta {
+    fn finish(
+        &mut self,
+        reason: FinishReason,
+        matched: Option<StopMatch>,
+        usage: Usage,
+    ) -> ReasoningDelta {
         self.finish = Some((reason, matched));
         self.usage = usage;
-        self.parser.as_mut().map(ReasoningParser::finish).unwrap_or_default()
+        self.parser
+            .as_mut()
+            .map(ReasoningParser::finish)
+            .unwrap_or_default()
     }
 
     /// Reasoning tokens, when a parser runs: an unclosed block counts every token.
     fn reasoning_tokens(&self) -> Option<usize> {
         self.parser.as_ref()?;
-        Some(self.n_reasoning_tokens.unwrap_or(self.usage.completion_tokens.max(self.n_tokens)))
+        Some(
+            self.n_reasoning_tokens
+                .unwrap_or(self.usage.completion_tokens.max(self.n_tokens)),
+        )
     }
 }
 
@@ -176,7 +196,11 @@ impl ChatWriter {
                 matched_stop,
                 usage,
             } => match self.choices.get_mut(index) {
-                Some(choice) => (index, choice.finish(reason, matched_stop, usage), Vec::new()),
+                Some(choice) => (
+                    index,
+                    choice.finish(reason, matched_stop, usage),
+                    Vec::new(),
+                ),
                 None => (index, ReasoningDelta::default(), Vec::new()),
             },
         }
@@ -199,7 +223,8 @@ impl ChatWriter {
             .into_iter()
             .enumerate()
             .map(|(index, choice)| {
-                let (reason, matched) = choice.finish.clone().unwrap_or((FinishReason::Abort, None));
+                let (reason, matched) =
+                    choice.finish.clone().unwrap_or((FinishReason::Abort, None));
                 let non_empty = |s: String| (!s.is_empty()).then_some(s);
                 let reasoning = non_empty(choice.reasoning);
                 let content = match choice.parser {
@@ -289,7 +314,10 @@ impl ChunkWriter for ChatWriter {
         let chunk_choice = ChunkChoice {
             index,
             delta,
-            logprobs: self.meta.want_logprobs.then(|| ChatLogprobs::from_engine(&logprobs)),
+            logprobs: self
+                .meta
+                .want_logprobs
+                .then(|| ChatLogprobs::from_engine(&logprobs)),
             finish_reason: finish.as_ref().map(|(reason, _)| reason.to_string()),
             matched_stop: finish.and_then(|(_, matched)| matched_stop_json(matched.as_ref())),
         };

@@ -14,9 +14,7 @@ use arbor_engine::{Event, FinishReason, GenerateRequest, StopMatch, Usage};
 use super::matched_stop_json;
 use crate::error::ApiError;
 use crate::json::ApiJson;
-use crate::openai::completions::{
-    CompletionChoice, DEFAULT_COMPLETION_MAX_TOKENS, SinglePrompt,
-};
+use crate::openai::completions::{CompletionChoice, DEFAULT_COMPLETION_MAX_TOKENS, SinglePrompt};
 use crate::openai::{
     CompletionLogprobs, CompletionRequest, CompletionResponse, UsageBody, build_params, check_n,
 };
@@ -35,21 +33,37 @@ pub async fn completions(
     let (prompt_ids, prompt_text) = match request.prompt.clone().single()? {
         SinglePrompt::Text(text) => (state.encode(&text, true)?, text),
         SinglePrompt::Ids(ids) => {
-            let text = if request.echo { state.decode(&ids, false)? } else { String::new() };
+            let text = if request.echo {
+                state.decode(&ids, false)?
+            } else {
+                String::new()
+            };
             (ids, text)
         }
     };
     if prompt_ids.is_empty() {
-        return Err(ApiError::invalid_value("prompt", "prompt must not be empty"));
+        return Err(ApiError::invalid_value(
+            "prompt",
+            "prompt must not be empty",
+        ));
     }
 
     let n = check_n(request.n)?;
     let default_max = Some(DEFAULT_COMPLETION_MAX_TOKENS);
     let limits = state.prompt_limits(prompt_ids.len(), default_max, "prompt");
-    let params = build_params(&request.sampling, request.max_tokens, request.logprobs, &limits)?;
+    let params = build_params(
+        &request.sampling,
+        request.max_tokens,
+        request.logprobs,
+        &limits,
+    )?;
     let max_tokens = params.max_tokens;
     let n_prompt_tokens = prompt_ids.len();
-    let mut events = state.engine.submit(GenerateRequest { prompt_ids, params, n })?;
+    let mut events = state.engine.submit(GenerateRequest {
+        prompt_ids,
+        params,
+        n,
+    })?;
 
     let id = state.response_id("cmpl", events.id());
     let mut tracker = RequestTracker::new(state.clone(), &id, n_prompt_tokens, max_tokens, n);
@@ -59,7 +73,10 @@ pub async fn completions(
         created,
         model: state.model_name().to_string(),
         want_logprobs: request.logprobs.is_some(),
-        include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        include_usage: request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
         choices: (0..n).map(|_| ChoiceState::new(echo.clone())).collect(),
     };
     if request.stream {
@@ -127,19 +144,40 @@ impl CompletionWriter {
     fn apply(&mut self, event: Event) -> Option<Released> {
         let want_logprobs = self.want_logprobs;
         match event {
-            Event::Token { index, text, logprobs, .. } => {
+            Event::Token {
+                index,
+                text,
+                logprobs,
+                ..
+            } => {
                 let choice = self.choices.get_mut(index)?;
                 let (text, start) = choice.release(&text);
-                let logprobs = want_logprobs.then(|| CompletionLogprobs::from_engine(&logprobs, start));
-                Some(Released { index, text, logprobs, finish: None })
+                let logprobs =
+                    want_logprobs.then(|| CompletionLogprobs::from_engine(&logprobs, start));
+                Some(Released {
+                    index,
+                    text,
+                    logprobs,
+                    finish: None,
+                })
             }
-            Event::Finished { index, reason, matched_stop, usage } => {
+            Event::Finished {
+                index,
+                reason,
+                matched_stop,
+                usage,
+            } => {
                 let choice = self.choices.get_mut(index)?;
                 let (text, _) = choice.release("");
                 choice.usage = usage;
                 choice.finish = Some((reason, matched_stop.clone()));
                 let logprobs = want_logprobs.then(CompletionLogprobs::default);
-                Some(Released { index, text, logprobs, finish: Some((reason, matched_stop)) })
+                Some(Released {
+                    index,
+                    text,
+                    logprobs,
+                    finish: Some((reason, matched_stop)),
+                })
             }
         }
     }
@@ -208,7 +246,10 @@ impl ChunkWriter for CompletionWriter {
         let Some(released) = self.apply(event) else {
             return Vec::new();
         };
-        let no_logprobs = released.logprobs.as_ref().is_none_or(|lp| lp.tokens.is_empty());
+        let no_logprobs = released
+            .logprobs
+            .as_ref()
+            .is_none_or(|lp| lp.tokens.is_empty());
         if released.finish.is_none() && released.text.is_empty() && no_logprobs {
             return Vec::new();
         }
@@ -216,8 +257,13 @@ impl ChunkWriter for CompletionWriter {
             index: released.index,
             text: released.text,
             logprobs: released.logprobs,
-            finish_reason: released.finish.as_ref().map(|(reason, _)| reason.to_string()),
-            matched_stop: released.finish.and_then(|(_, m)| matched_stop_json(m.as_ref())),
+            finish_reason: released
+                .finish
+                .as_ref()
+                .map(|(reason, _)| reason.to_string()),
+            matched_stop: released
+                .finish
+                .and_then(|(_, m)| matched_stop_json(m.as_ref())),
         };
         vec![self.chunk(vec![choice], None)]
     }

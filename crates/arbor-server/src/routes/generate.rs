@@ -62,7 +62,10 @@ impl<T> OneOrList<T> {
         match self {
             OneOrList::One(value) => Ok(value),
             OneOrList::List(mut list) if list.len() == 1 => Ok(list.remove(0)),
-            OneOrList::List(_) => Err(ApiError::invalid_value(param, "exactly one prompt per request is supported")),
+            OneOrList::List(_) => Err(ApiError::invalid_value(
+                param,
+                "exactly one prompt per request is supported",
+            )),
         }
     }
 }
@@ -91,7 +94,12 @@ pub async fn generate(
     let prompt_ids = match (body.text, body.input_ids) {
         (Some(text), None) => state.encode(&text.single("text")?, true)?,
         (None, Some(ids)) => ids.single("input_ids")?,
-        _ => return Err(ApiError::invalid_value("text", "give exactly one of text and input_ids")),
+        _ => {
+            return Err(ApiError::invalid_value(
+                "text",
+                "give exactly one of text and input_ids",
+            ));
+        }
     };
     if prompt_ids.is_empty() {
         return Err(ApiError::invalid_value("text", "prompt must not be empty"));
@@ -101,12 +109,18 @@ pub async fn generate(
     let mut fields = sampling.common.clone();
     fields.seed = fields.seed.or(sampling.sampling_seed);
     fields.min_tokens = sampling.min_new_tokens.or(fields.min_tokens);
-    let logprobs = body.return_logprob.then(|| body.top_logprobs_num.unwrap_or(0));
+    let logprobs = body
+        .return_logprob
+        .then(|| body.top_logprobs_num.unwrap_or(0));
     let limits = state.prompt_limits(prompt_ids.len(), Some(DEFAULT_MAX_NEW_TOKENS), "text");
     let params = build_params(&fields, sampling.max_new_tokens, logprobs, &limits)?;
     let max_tokens = params.max_tokens;
     let n_prompt_tokens = prompt_ids.len();
-    let mut events = state.engine.submit(GenerateRequest { prompt_ids, params, n })?;
+    let mut events = state.engine.submit(GenerateRequest {
+        prompt_ids,
+        params,
+        n,
+    })?;
 
     let id = format!("{}", events.id());
     let mut tracker = RequestTracker::new(state.clone(), &id, n_prompt_tokens, max_tokens, n);
@@ -164,18 +178,30 @@ impl GenerateWriter {
     /// Applies an event; returns the index of the sequence it changed.
     fn apply(&mut self, event: Event) -> Option<usize> {
         match event {
-            Event::Token { index, token_ids, text, logprobs } => {
+            Event::Token {
+                index,
+                token_ids,
+                text,
+                logprobs,
+            } => {
                 let out = self.outputs.get_mut(index)?;
                 out.text.push_str(&text);
                 out.output_ids.extend(&token_ids);
                 for lp in logprobs {
-                    out.logprobs.push(json!([lp.logprob, lp.token_id, lp.token]));
-                    let top: Vec<JsonValue> = lp.top.iter().map(|(id, t, l)| json!([l, id, t])).collect();
+                    out.logprobs
+                        .push(json!([lp.logprob, lp.token_id, lp.token]));
+                    let top: Vec<JsonValue> =
+                        lp.top.iter().map(|(id, t, l)| json!([l, id, t])).collect();
                     out.top_logprobs.push(JsonValue::Array(top));
                 }
                 Some(index)
             }
-            Event::Finished { index, reason, matched_stop, usage } => {
+            Event::Finished {
+                index,
+                reason,
+                matched_stop,
+                usage,
+            } => {
                 let out = self.outputs.get_mut(index)?;
                 out.finish = Some((reason, matched_stop));
                 out.usage = usage;
@@ -210,7 +236,9 @@ impl GenerateWriter {
 /// SGLang's `finish_reason` object.
 fn finish_json(reason: FinishReason, matched: Option<&StopMatch>, n_tokens: usize) -> JsonValue {
     match (reason, matched) {
-        (FinishReason::Stop, Some(StopMatch::TokenId(id))) => json!({"type": "stop", "matched": id}),
+        (FinishReason::Stop, Some(StopMatch::TokenId(id))) => {
+            json!({"type": "stop", "matched": id})
+        }
         (FinishReason::Stop, Some(StopMatch::Text(s))) => json!({"type": "stop", "matched": s}),
         (FinishReason::Stop, None) => json!({"type": "stop", "matched": null}),
         (FinishReason::Length, _) => json!({"type": "length", "length": n_tokens}),

@@ -45,7 +45,9 @@ pub async fn health() -> StatusCode {
 
 /// Handles `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(&state.engine.stats(), state.model_name());
+    let text = state
+        .metrics
+        .render(&state.engine.stats(), state.model_name());
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -71,7 +71,12 @@ pub async fn tokenize(
     };
     let token_strs = if body.return_token_strs {
         let tokenizer = state.tokenizer()?;
-        Some(tokens.iter().map(|&id| tokenizer.id_to_token(id).unwrap_or_default()).collect())
+        Some(
+            tokens
+                .iter()
+                .map(|&id| tokenizer.id_to_token(id).unwrap_or_default())
+                .collect(),
+        )
     } else {
         None
     };
