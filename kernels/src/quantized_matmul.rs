@@ -31,7 +31,7 @@ const W_ROWS_PER_TASK: usize = 8;
 /// Rows of `x` one task multiplies them with: a decode batch fits in one task, and a
 /// long prefill chunk is cut so that each task's rows of `x` stay in cache.
 const X_ROWS_PER_TASK: usize = 64;
-/// Independent accumulators per dot product (one 512-bit register of f32).
+/// Independent accumulators per dot product (16 f32: two 256-bit AVX2 registers).
 const LANES: usize = 16;
 
 /// Whether [`quantized_matmul_t`] handles weights of this type.
