@@ -11,9 +11,9 @@
 
 mod common;
 
+use arbor_models::Model;
 use arbor_models::device::open_device;
-use arbor_models::{LogitsWanted, Model};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use common::*;
 
 const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-tied", "tiny-llama3"];
@@ -37,22 +37,6 @@ fn load(name: &str, dtype: DType, device: &Device) -> Model {
     Model::load_safetensors_dir(&fixture_dir(name), dtype, device).unwrap()
 }
 
-/// Logits of every prompt position, computed on `model`'s device, returned on the CPU.
-fn prompt_logits(model: &Model, dtype: DType, prompt: &[u32]) -> Tensor {
-    let mut kv = model.new_kv_cache(64, 16, dtype).unwrap();
-    let mut dealer = PageDealer::new(64);
-    let mut seq = TestSeq::new();
-    let logits = forward_one(
-        model,
-        &mut kv,
-        &mut seq,
-        &mut dealer,
-        prompt,
-        LogitsWanted::All,
-    );
-    logits.to_device(&Device::Cpu).unwrap()
-}
-
 #[test]
 fn f32_logits_on_the_gpu_match_the_cpu_and_transformers() {
     let Some(gpu) = gpu() else { return };
@@ -60,8 +44,8 @@ fn f32_logits_on_the_gpu_match_the_cpu_and_transformers() {
         let on_gpu = load(name, DType::F32, &gpu);
         let on_cpu = load(name, DType::F32, &Device::Cpu);
         for (case_idx, case) in tiny_cases(name).iter().enumerate() {
-            let gpu_logits = prompt_logits(&on_gpu, DType::F32, &case.prompt_ids);
-            let cpu_logits = prompt_logits(&on_cpu, DType::F32, &case.prompt_ids);
+            let gpu_logits = prompt_logits(&on_gpu, 64, DType::F32, &case.prompt_ids);
+            let cpu_logits = prompt_logits(&on_cpu, 64, DType::F32, &case.prompt_ids);
             let vs_cpu = max_abs_diff(&gpu_logits, &cpu_logits);
             let vs_reference = max_abs_diff(&gpu_logits, &case.logits);
             println!(
@@ -101,11 +85,11 @@ fn bf16_weights_and_kv_on_the_gpu_err_no_more_than_on_the_cpu() {
         let on_cpu = load(name, DType::BF16, &Device::Cpu);
         for (case_idx, case) in tiny_cases(name).iter().enumerate() {
             let gpu_err = max_abs_diff(
-                &prompt_logits(&on_gpu, DType::BF16, &case.prompt_ids),
+                &prompt_logits(&on_gpu, 64, DType::BF16, &case.prompt_ids),
                 &case.logits,
             );
             let cpu_err = max_abs_diff(
-                &prompt_logits(&on_cpu, DType::BF16, &case.prompt_ids),
+                &prompt_logits(&on_cpu, 64, DType::BF16, &case.prompt_ids),
                 &case.logits,
             );
             println!("{name} case {case_idx}: bf16 error gpu {gpu_err:e}, cpu {cpu_err:e}");

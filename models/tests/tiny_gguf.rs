@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use arbor_models::{LoadError, LogitsWanted, Model, WeightMode};
+use arbor_models::{LoadError, Model, WeightMode};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -160,17 +160,7 @@ fn qwen2_gguf_written_from_the_tiny_fixture_matches_transformers_logits_in_both_
         assert_eq!(model.config().n_kv_heads, reference.config().n_kv_heads);
         assert!(model.config().qkv_bias && !model.config().tie_word_embeddings);
         for (case_idx, case) in tiny_cases(FIXTURE).iter().enumerate() {
-            let mut kv = model.new_kv_cache(32, 16, DType::F32).unwrap();
-            let mut dealer = PageDealer::new(32);
-            let mut seq = TestSeq::new();
-            let logits = forward_one(
-                &model,
-                &mut kv,
-                &mut seq,
-                &mut dealer,
-                &case.prompt_ids,
-                LogitsWanted::All,
-            );
+            let logits = prompt_logits(&model, 32, DType::F32, &case.prompt_ids);
             let err = max_abs_diff(&logits, &case.logits);
             println!("GGUF {mode:?} case {case_idx}: max error {err:e}");
             assert!(err < 1e-4, "{mode:?} case {case_idx}: max error {err}");

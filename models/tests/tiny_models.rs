@@ -19,17 +19,7 @@ fn whole_prompt_logits_match_transformers_at_every_position() {
     for name in MODELS {
         let model = tiny_model(name, DType::F32);
         for (case_idx, case) in tiny_cases(name).iter().enumerate() {
-            let mut kv = model.new_kv_cache(64, 16, DType::F32).unwrap();
-            let mut dealer = PageDealer::new(64);
-            let mut seq = TestSeq::new();
-            let logits = forward_one(
-                &model,
-                &mut kv,
-                &mut seq,
-                &mut dealer,
-                &case.prompt_ids,
-                LogitsWanted::All,
-            );
+            let logits = prompt_logits(&model, 64, DType::F32, &case.prompt_ids);
             let err = max_abs_diff(&logits, &case.logits);
             println!("{name} case {case_idx}: max error {err:e}");
             assert!(
@@ -222,17 +212,7 @@ fn bf16_weights_and_kv_stay_close_to_the_f32_reference() {
         ] {
             let model = tiny_model(name, weights);
             for (case_idx, case) in tiny_cases(name).iter().enumerate() {
-                let mut kv = model.new_kv_cache(32, 16, kv_dtype).unwrap();
-                let mut dealer = PageDealer::new(32);
-                let mut seq = TestSeq::new();
-                let logits = forward_one(
-                    &model,
-                    &mut kv,
-                    &mut seq,
-                    &mut dealer,
-                    &case.prompt_ids,
-                    LogitsWanted::All,
-                );
+                let logits = prompt_logits(&model, 32, kv_dtype, &case.prompt_ids);
                 let err = max_abs_diff(&logits, &case.logits);
                 let label = format!("{name} {weights:?} weights, {kv_dtype:?} kv, case {case_idx}");
                 assert!(err < tolerance, "{label}: max error {err}");

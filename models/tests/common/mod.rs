@@ -140,6 +140,23 @@ pub fn forward_one(
     model.forward(&batch, kv).unwrap()
 }
 
+/// Logits of every position of `prompt`, run alone in a fresh KV pool of `n_pages`
+/// pages of 16 with `kv_dtype` storage on `model`'s device, returned on the CPU.
+pub fn prompt_logits(model: &Model, n_pages: usize, kv_dtype: DType, prompt: &[u32]) -> Tensor {
+    let mut kv = model.new_kv_cache(n_pages, 16, kv_dtype).unwrap();
+    let mut dealer = PageDealer::new(n_pages);
+    let mut seq = TestSeq::new();
+    let logits = forward_one(
+        model,
+        &mut kv,
+        &mut seq,
+        &mut dealer,
+        prompt,
+        LogitsWanted::All,
+    );
+    logits.to_device(&Device::Cpu).unwrap()
+}
+
 /// Index of the largest value of each row.
 pub fn argmax_rows(logits: &Tensor) -> Vec<u32> {
     logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()
