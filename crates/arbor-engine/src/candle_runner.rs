@@ -8,12 +8,12 @@ use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use arbor_models::chat_template::ChatTemplate;
 use arbor_models::device::DeviceSpec;
 use arbor_models::generation::GenerationConfig;
 use arbor_models::tokenizer::Tokenizer;
-use arbor_models::{KvCache, Model, WeightMode};
+use arbor_models::{KvCache, Model, ModelSource, WeightMode};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 
@@ -125,23 +125,20 @@ struct Loaded {
 impl Engine {
     /// Loads a model and starts an engine over it.
     ///
-    /// `model` is a Hugging Face model directory (`config.json`, safetensors weights,
-    /// optionally `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`)
-    /// or a `.gguf` file (llama or qwen2 architecture; tokenizer and chat template come
-    /// from its metadata). `ModelDType::Auto` keeps GGUF weights quantized and loads
+    /// `model` is what `arbor --model` takes (see `arbor_models::ModelSpec`): a Hugging
+    /// Face model directory (`config.json`, safetensors weights, optionally
+    /// `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`), a `.gguf`
+    /// file (llama or qwen2 architecture; tokenizer and chat template come from its
+    /// metadata), a Hugging Face repo id (downloaded into the hub cache), or `smollm2`,
+    /// the demo GGUF. `ModelDType::Auto` keeps GGUF weights quantized and loads
     /// safetensors in f32. Errors name the path and what is wrong.
     pub fn load(model: &str, load: &LoadOptions, config: EngineConfig) -> anyhow::Result<Engine> {
-        let path = Path::new(model);
-        if !path.exists() {
-            // Limitation: Hugging Face repo ids are not resolved here yet; download the
-            // repository and pass its directory.
-            bail!("model not found: {model} (expected a model directory or a .gguf file)");
-        }
+        let source =
+            ModelSource::resolve(model).with_context(|| format!("cannot find model {model}"))?;
         let device = open_device(load.device)?;
-        let loaded = if path.is_dir() {
-            load_dir(path, load.dtype, &device)?
-        } else {
-            load_gguf_file(path, load.dtype, &device)?
+        let loaded = match &source {
+            ModelSource::HfDir(dir) => load_dir(dir, load.dtype, &device)?,
+            ModelSource::Gguf(file) => load_gguf_file(file, load.dtype, &device)?,
         };
         let assets = TextAssets {
             tokenizer: loaded.tokenizer.map(Arc::new),

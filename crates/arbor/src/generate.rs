@@ -16,7 +16,7 @@ use arbor_engine::{
     Engine, EngineConfig, Event, FinishReason, GenerateRequest, KvBudget, LoadOptions, ModelDType,
     ModelDevice, RequestStream, SamplingParams,
 };
-use arbor_models::{ChatMessage, ModelSource, RenderOptions};
+use arbor_models::{ChatMessage, RenderOptions};
 use serde_json::{Value, json};
 
 use crate::serve::{parse_device, parse_kv_memory};
@@ -196,9 +196,6 @@ fn single_job(input: &PromptInput) -> Job {
 }
 
 fn load_engine(args: &GenerateArgs) -> anyhow::Result<Engine> {
-    let source = ModelSource::resolve(&args.model)
-        .with_context(|| format!("cannot find model {}", args.model))?;
-    let path = source.path().to_string_lossy().into_owned();
     let load = LoadOptions {
         dtype: args.dtype,
         device: args.device,
@@ -213,8 +210,9 @@ fn load_engine(args: &GenerateArgs) -> anyhow::Result<Engine> {
     };
     // Limitation: unlike `arbor serve`, no GPU memory plan sizes the KV cache here;
     // on CUDA `--kv-cache-memory` is taken as given (1 GiB by default).
-    tracing::info!(model = %args.model, %source, dtype = ?args.dtype, "loading model");
-    Engine::load(&path, &load, config).with_context(|| format!("cannot load model {}", args.model))
+    tracing::info!(model = %args.model, dtype = ?args.dtype, "loading model");
+    Engine::load(&args.model, &load, config)
+        .with_context(|| format!("cannot load model {}", args.model))
 }
 
 /// Tokenizes a job's prompt and fills its sampling settings from the CLI defaults.

