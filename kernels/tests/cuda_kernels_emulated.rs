@@ -22,7 +22,13 @@ fn build_harness(out: &Path) -> Result<(), String> {
     let cuda_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
     let cxx = compiler();
     let output = Command::new(&cxx)
-        .args(["-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unused-function"])
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-pthread",
+            "-Wall",
+            "-Wno-unused-function",
+        ])
         .arg("-I")
         .arg(cuda_dir.join("emulator"))
         .arg("-I")
@@ -53,7 +59,9 @@ fn cuda_kernel_sources_match_a_reference_under_cpu_emulation() {
         }
         panic!("{message}");
     }
-    let output = Command::new(&out).output().expect("run the emulated kernels");
+    let output = Command::new(&out)
+        .output()
+        .expect("run the emulated kernels");
     let report = String::from_utf8_lossy(&output.stdout);
     println!("{report}");
     assert!(
@@ -63,6 +71,9 @@ fn cuda_kernel_sources_match_a_reference_under_cpu_emulation() {
     );
     // The harness prints one line per case; make sure it ran them all.
     let passed = report.lines().filter(|l| l.starts_with("ok ")).count();
-    assert!(passed >= 18, "expected at least 18 passing cases, saw {passed}:\n{report}");
+    assert!(
+        passed >= 18,
+        "expected at least 18 passing cases, saw {passed}:\n{report}"
+    );
     assert!(report.contains("0 failure(s)"), "{report}");
 }

@@ -453,10 +453,11 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
 }
 
-/// Storage type of weights and the KV cache.
+/// Storage type of weights (`--dtype`) or of the KV cache (`--kv-cache-dtype`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ModelDType {
-    /// What the checkpoint stores (GGUF: quantized weights kept quantized, f32 KV).
+    /// Weights: what the checkpoint stores (GGUF matrices kept quantized, safetensors in
+    /// f32). KV cache: see [`LoadOptions::kv_cache_dtype`].
     #[default]
     Auto,
     /// 32-bit floats (GGUF weights dequantized).
@@ -494,8 +495,13 @@ pub enum ModelDevice {
 /// How `Engine::load` loads a model.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadOptions {
-    /// Storage type of weights and KV cache.
+    /// Storage type of the weights (and of activations, unless GGUF matrices stay
+    /// quantized: those compute in f32).
     pub dtype: ModelDType,
+    /// Storage type of the paged KV cache. `Auto` follows the activations, except that a
+    /// quantized GGUF model on a GPU keeps bf16 KV (half the bytes of its f32
+    /// activations, so twice the tokens in the same memory).
+    pub kv_cache_dtype: ModelDType,
     /// Where the model runs.
     pub device: ModelDevice,
     /// A Hugging Face revision (branch, tag or commit) when loading by repo id.

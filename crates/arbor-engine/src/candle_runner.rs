@@ -17,23 +17,27 @@ use arbor_models::{KvCache, Model, ModelSource, WeightMode};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 
-use crate::api::{EngineConfig, LoadOptions, ModelDType, ModelDevice, ModelInfo};
+use crate::api::{EngineConfig, KvBudget, LoadOptions, ModelDType, ModelDevice, ModelInfo};
 use crate::core::StartOptions;
+use crate::device_plan::plan_for_device;
 use crate::engine::{Engine, TextAssets};
+use crate::footprint::kv_cache_dtype;
 use crate::runner::{ForwardBatch, Logits, ModelRunner, RunnerError, TokenDecoder};
 
 /// An `arbor_models::Model` and its paged KV cache, run by the engine thread.
 pub struct CandleRunner {
     model: Model,
     kv: Option<KvCache>,
+    kv_dtype: DType,
     name: String,
     eos_token_ids: Vec<u32>,
     decoder: Option<Arc<dyn TokenDecoder>>,
 }
 
 impl CandleRunner {
-    /// Wraps a loaded model. `tokenizer` (if any) decodes output text; `eos_token_ids`
-    /// end sequences unless a request ignores them.
+    /// Wraps a loaded model, whose KV cache is stored in the model's dtype (see
+    /// [`CandleRunner::with_kv_dtype`]). `tokenizer` (if any) decodes output text;
+    /// `eos_token_ids` end sequences unless a request ignores them.
     pub fn new(
         model: Model,
         name: String,
@@ -42,12 +46,20 @@ impl CandleRunner {
     ) -> Self {
         let decoder = tokenizer.map(|t| Arc::new(TokenizerDecoder(t)) as Arc<dyn TokenDecoder>);
         Self {
+            kv_dtype: model.dtype(),
             model,
             kv: None,
             name,
             eos_token_ids,
             decoder,
         }
+    }
+
+    /// Stores the KV cache in `dtype` (f32, f16 or bf16) instead of the model's dtype;
+    /// attention converts as it reads.
+    pub fn with_kv_dtype(mut self, dtype: DType) -> Self {
+        self.kv_dtype = dtype;
+        self
     }
 }
 
@@ -63,7 +75,7 @@ impl ModelRunner for CandleRunner {
     }
 
     fn kv_bytes_per_token(&self) -> usize {
-        KvCache::bytes_per_page(self.model.config(), 1, self.model.dtype())
+        KvCache::bytes_per_page(self.model.config(), 1, self.kv_dtype)
     }
 
     fn free_memory_bytes(&self) -> Option<u64> {
@@ -76,7 +88,7 @@ impl ModelRunner for CandleRunner {
     fn allocate_kv(&mut self, n_pages: usize, page_size: usize) -> Result<(), RunnerError> {
         let kv = self
             .model
-            .new_kv_cache(n_pages, page_size, self.model.dtype())
+            .new_kv_cache(n_pages, page_size, self.kv_dtype)
             .map_err(|e| RunnerError(e.to_string()))?;
         self.kv = Some(kv);
         Ok(())
@@ -131,15 +143,30 @@ impl Engine {
     /// file (llama or qwen2 architecture; tokenizer and chat template come from its
     /// metadata), a Hugging Face repo id (downloaded into the hub cache), or `smollm2`,
     /// the demo GGUF. `ModelDType::Auto` keeps GGUF weights quantized and loads
-    /// safetensors in f32. Errors name the path and what is wrong.
-    pub fn load(model: &str, load: &LoadOptions, config: EngineConfig) -> anyhow::Result<Engine> {
+    /// safetensors in f32; the KV cache's dtype follows `load.kv_cache_dtype`.
+    ///
+    /// On a GPU the memory is planned first (`arbor_engine::plan`): a model that does
+    /// not fit beside its KV budget is refused before any weight is read, and the pool
+    /// gets exactly the planned pages. Errors name the path and what is wrong.
+    pub fn load(
+        model: &str,
+        load: &LoadOptions,
+        mut config: EngineConfig,
+    ) -> anyhow::Result<Engine> {
         let source =
             ModelSource::resolve(model).with_context(|| format!("cannot find model {model}"))?;
         let device = open_device(load.device)?;
-        let loaded = match &source {
+        if let Some(plan) = plan_for_device(source.path(), load, &config, &device)? {
+            config.kv_cache = KvBudget::Pages(plan.n_pages);
+        }
+        let quantized = matches!(source, ModelSource::Gguf(_)) && load.dtype == ModelDType::Auto;
+        let kv_dtype = kv_cache_dtype(load.dtype, load.kv_cache_dtype, quantized, !device.is_cpu());
+        let mut loaded = match &source {
             ModelSource::HfDir(dir) => load_dir(dir, load.dtype, &device)?,
             ModelSource::Gguf(file) => load_gguf_file(file, load.dtype, &device)?,
         };
+        loaded.runner = loaded.runner.with_kv_dtype(kv_dtype);
+        tracing::debug!(?kv_dtype, "kv cache dtype");
         let assets = TextAssets {
             tokenizer: loaded.tokenizer.map(Arc::new),
             chat_template: loaded.chat_template,

@@ -1,18 +1,18 @@
 //! What the memory planner needs to know about a model on disk and a device, read
 //! without loading any weights: the model's shape and weight storage from `config.json`
-//! or a GGUF header, and a CUDA device's memory.
+//! or a GGUF header, the KV cache's dtype, and a CUDA device's memory.
 //!
 //! The storage follows `Engine::load`: a safetensors directory loads in f32 for
-//! `--dtype auto`, a GGUF file keeps its quantized matrices (f32 activations and KV)
-//! unless a float dtype is asked for.
+//! `--dtype auto`, a GGUF file keeps its quantized matrices (f32 activations) unless a
+//! float dtype is asked for; the KV cache follows [`kv_cache_dtype`].
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use candle_core::{DType, Device};
 
 use crate::api::ModelDType;
 use crate::plan::{ModelShape, WeightFormat};
@@ -24,18 +24,55 @@ pub struct ModelFootprint {
     pub shape: ModelShape,
     /// Weight storage.
     pub weights: WeightFormat,
-    /// Bytes per KV element.
-    pub kv_dtype_bytes: u64,
+    /// Storage type of the KV cache.
+    pub kv_dtype: DType,
 }
 
 impl ModelFootprint {
     /// Reads a Hugging Face model directory's `config.json`, or a `.gguf` file's header,
-    /// for a model loaded in `dtype`. Errors name the file.
-    pub fn from_path(path: &Path, dtype: ModelDType) -> anyhow::Result<Self> {
-        if path.is_dir() {
-            return from_hf_dir(path, dtype);
-        }
-        from_gguf_file(path, dtype)
+    /// for a model loaded with weights in `dtype` and its KV cache in `kv_dtype`
+    /// (resolved by [`kv_cache_dtype`] for a GPU when `on_gpu`). Errors name the file.
+    pub fn from_path(
+        path: &Path,
+        dtype: ModelDType,
+        kv_dtype: ModelDType,
+        on_gpu: bool,
+    ) -> anyhow::Result<Self> {
+        let (shape, weights) = match path.is_dir() {
+            true => from_hf_dir(path, dtype)?,
+            false => from_gguf_file(path, dtype)?,
+        };
+        let quantized = !matches!(weights, WeightFormat::Dense { .. });
+        Ok(ModelFootprint {
+            shape,
+            weights,
+            kv_dtype: kv_cache_dtype(dtype, kv_dtype, quantized, on_gpu),
+        })
+    }
+
+    /// Bytes per KV element.
+    pub fn kv_dtype_bytes(&self) -> u64 {
+        self.kv_dtype.size_in_bytes() as u64
+    }
+}
+
+/// The KV cache's storage dtype for weights loaded in `weights` (`quantized` when GGUF
+/// matrices stay quantized) and a `--kv-cache-dtype` of `kv`.
+///
+/// An explicit `kv` wins. `Auto` follows the activations (the weights' float dtype; f32
+/// for safetensors in `auto` and for quantized matrices), except for quantized weights
+/// on a GPU, which get bf16: their f32 activations would double the KV's bytes for
+/// precision the quantized weights do not have, and on a 12 GB card the KV is what
+/// bounds the batch. On the CPU, memory is rarely the limit and f32 skips a conversion.
+pub fn kv_cache_dtype(weights: ModelDType, kv: ModelDType, quantized: bool, on_gpu: bool) -> DType {
+    match (kv, weights) {
+        (ModelDType::F32, _) => DType::F32,
+        (ModelDType::F16, _) => DType::F16,
+        (ModelDType::Bf16, _) => DType::BF16,
+        (ModelDType::Auto, ModelDType::F16) => DType::F16,
+        (ModelDType::Auto, ModelDType::Bf16) => DType::BF16,
+        (ModelDType::Auto, _) if quantized && on_gpu => DType::BF16,
+        (ModelDType::Auto, _) => DType::F32,
     }
 }
 
@@ -52,45 +89,29 @@ pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
     }
 }
 
-fn from_hf_dir(dir: &Path, dtype: ModelDType) -> anyhow::Result<ModelFootprint> {
+fn from_hf_dir(dir: &Path, dtype: ModelDType) -> anyhow::Result<(ModelShape, WeightFormat)> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let shape = ModelShape::from_hf_config(&config).with_context(|| path.display().to_string())?;
-    let bytes = float_bytes(dtype).unwrap_or(4);
-    Ok(ModelFootprint {
-        shape,
-        weights: WeightFormat::Dense {
-            bytes_per_param: bytes,
-        },
-        kv_dtype_bytes: bytes,
-    })
+    let bytes_per_param = float_bytes(dtype).unwrap_or(4);
+    Ok((shape, WeightFormat::Dense { bytes_per_param }))
 }
 
-fn from_gguf_file(path: &Path, dtype: ModelDType) -> anyhow::Result<ModelFootprint> {
+fn from_gguf_file(path: &Path, dtype: ModelDType) -> anyhow::Result<(ModelShape, WeightFormat)> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = Content::read(&mut BufReader::new(file))
         .with_context(|| format!("cannot read the GGUF header of {}", path.display()))?;
     let shape = gguf_shape(&content).with_context(|| path.display().to_string())?;
-    let footprint = match float_bytes(dtype) {
-        Some(bytes) => ModelFootprint {
-            shape,
-            weights: WeightFormat::Dense {
-                bytes_per_param: bytes,
-            },
-            kv_dtype_bytes: bytes,
-        },
-        None => ModelFootprint {
-            shape,
-            weights: WeightFormat::GgufFile {
-                bytes: gguf_tensor_bytes(&content),
-            },
-            kv_dtype_bytes: 4,
+    let weights = match float_bytes(dtype) {
+        Some(bytes_per_param) => WeightFormat::Dense { bytes_per_param },
+        None => WeightFormat::GgufFile {
+            bytes: gguf_tensor_bytes(&content),
         },
     };
-    Ok(footprint)
+    Ok((shape, weights))
 }
 
 /// Bytes per element of a float dtype; `None` for `Auto`.
@@ -161,12 +182,37 @@ mod tests {
     #[test]
     fn a_safetensors_directory_loads_in_f32_unless_a_dtype_is_given() {
         let dir = fixture("tiny-qwen2");
-        let auto = ModelFootprint::from_path(&dir, ModelDType::Auto).unwrap();
+        let auto = ModelFootprint::from_path(&dir, ModelDType::Auto, ModelDType::Auto, true);
+        let auto = auto.unwrap();
         assert_eq!(auto.weights, WeightFormat::Dense { bytes_per_param: 4 });
-        assert_eq!(auto.kv_dtype_bytes, 4);
+        assert_eq!(auto.kv_dtype_bytes(), 4);
         assert!(auto.shape.qkv_bias);
-        let bf16 = ModelFootprint::from_path(&dir, ModelDType::Bf16).unwrap();
-        assert_eq!(bf16.kv_dtype_bytes, 2);
+        let bf16 = ModelFootprint::from_path(&dir, ModelDType::Bf16, ModelDType::Auto, true);
+        assert_eq!(bf16.unwrap().kv_dtype_bytes(), 2);
+        let f16_kv = ModelFootprint::from_path(&dir, ModelDType::Auto, ModelDType::F16, false);
+        assert_eq!(f16_kv.unwrap().kv_dtype, DType::F16);
+    }
+
+    #[test]
+    fn kv_cache_dtype_follows_activations_except_quantized_weights_on_a_gpu() {
+        use ModelDType::*;
+        // An explicit KV dtype wins everywhere.
+        for (kv, want) in [(F32, DType::F32), (F16, DType::F16), (Bf16, DType::BF16)] {
+            for weights in [Auto, F32, F16, Bf16] {
+                for quantized in [false, true] {
+                    for on_gpu in [false, true] {
+                        assert_eq!(kv_cache_dtype(weights, kv, quantized, on_gpu), want);
+                    }
+                }
+            }
+        }
+        // Auto: the weights' float dtype, f32 for safetensors in auto...
+        assert_eq!(kv_cache_dtype(Bf16, Auto, false, true), DType::BF16);
+        assert_eq!(kv_cache_dtype(F16, Auto, false, false), DType::F16);
+        assert_eq!(kv_cache_dtype(Auto, Auto, false, true), DType::F32);
+        // ...and for quantized matrices: f32 on the CPU, bf16 on a GPU.
+        assert_eq!(kv_cache_dtype(Auto, Auto, true, false), DType::F32);
+        assert_eq!(kv_cache_dtype(Auto, Auto, true, true), DType::BF16);
     }
 
     #[test]
@@ -177,7 +223,14 @@ mod tests {
             );
             return;
         };
-        let footprint = ModelFootprint::from_path(Path::new(&path), ModelDType::Auto).unwrap();
+        let footprint =
+            ModelFootprint::from_path(Path::new(&path), ModelDType::Auto, ModelDType::Auto, false)
+                .unwrap();
+        assert_eq!(footprint.kv_dtype, DType::F32);
+        let on_gpu =
+            ModelFootprint::from_path(Path::new(&path), ModelDType::Auto, ModelDType::Auto, true)
+                .unwrap();
+        assert_eq!(on_gpu.kv_dtype, DType::BF16);
         // SmolLM2-135M: 30 layers, hidden 576, 9 heads of 64, 3 KV heads, tied embeddings.
         let shape = &footprint.shape;
         assert_eq!(

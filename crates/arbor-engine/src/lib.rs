@@ -38,6 +38,7 @@ mod candle_runner;
 mod clock;
 mod core;
 mod detokenizer;
+mod device_plan;
 mod engine;
 mod footprint;
 mod kv;
@@ -57,7 +58,7 @@ pub use candle_runner::{CandleRunner, open_device};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use core::{EngineCore, StartOptions, StepReport};
 pub use engine::{Engine, RequestStream};
-pub use footprint::{ModelFootprint, device_memory};
+pub use footprint::{ModelFootprint, device_memory, kv_cache_dtype};
 pub use plan::{
     Gib, MemoryPlan, ModelShape, PlanError, PlanRequest, RUNTIME_RESERVE_BYTES, WeightFormat,
 };

@@ -179,6 +179,39 @@ fn smollm2_quantized_gives_the_same_output_together_as_alone() {
     assert_all_pages_released(&engine);
 }
 
+/// `--kv-cache-dtype bf16` over f32 activations: half the bytes per token, so twice the
+/// tokens in one budget, and batching still changes no output.
+#[test]
+fn a_bf16_kv_cache_holds_twice_the_tokens_and_keeps_outputs_batch_invariant() {
+    let mut models: Vec<(PathBuf, usize)> = vec![(fixture("tiny-llama3"), TINY_MAX_TOKENS)];
+    models.extend(smollm2().map(|gguf| (gguf, 24)));
+    for (model, max_tokens) in models {
+        let budget = config(true, KvBudget::Bytes(64 << 20));
+        let f32_kv = load_with_kv(&model, ModelDType::F32, budget.clone());
+        let bf16_kv = load_with_kv(&model, ModelDType::Bf16, budget);
+        let (f32_tokens, bf16_tokens) = (
+            f32_kv.stats().kv_capacity_tokens,
+            bf16_kv.stats().kv_capacity_tokens,
+        );
+        assert!(
+            bf16_tokens >= 2 * f32_tokens && bf16_tokens <= 2 * f32_tokens + PAGE_SIZE,
+            "{}: {bf16_tokens} bf16 vs {f32_tokens} f32 tokens",
+            model.display()
+        );
+        let prompts: Vec<Vec<u32>> = match model.extension() {
+            Some(ext) if ext == "gguf" => smollm2_cases().into_iter().map(|(p, _)| p).collect(),
+            _ => tiny_prompts("tiny-llama3").0,
+        };
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| run_together(&bf16_kv, std::slice::from_ref(p), max_tokens).remove(0))
+            .collect();
+        let together = run_together(&bf16_kv, &prompts, max_tokens);
+        assert_eq!(together, alone, "{}", model.display());
+        assert_all_pages_released(&bf16_kv);
+    }
+}
+
 /// An engine configuration with pages of `PAGE_SIZE` tokens.
 fn config(disable_radix_cache: bool, kv_cache: KvBudget) -> EngineConfig {
     EngineConfig {
@@ -194,6 +227,15 @@ fn config(disable_radix_cache: bool, kv_cache: KvBudget) -> EngineConfig {
 fn load(model: &Path, dtype: ModelDType, config: EngineConfig) -> Engine {
     let options = LoadOptions {
         dtype,
+        ..LoadOptions::default()
+    };
+    Engine::load(model.to_str().unwrap(), &options, config).expect("model loads")
+}
+
+/// Weights as the checkpoint stores them, the KV cache in `kv_cache_dtype`.
+fn load_with_kv(model: &Path, kv_cache_dtype: ModelDType, config: EngineConfig) -> Engine {
+    let options = LoadOptions {
+        kv_cache_dtype,
         ..LoadOptions::default()
     };
     Engine::load(model.to_str().unwrap(), &options, config).expect("model loads")

