@@ -26,7 +26,7 @@
 #
 # The binary loads libcuda.so.1 from the driver and libcudart/libcublas/libcublasLt/
 # libcurand (CUDA 13) from the torch environment's nvidia/cu13/lib, which this script
-# puts on LD_LIBRARY_PATH. Built for CUDA_COMPUTE_CAP=90 (H100/H200); other GPUs need
+# puts on LD_LIBRARY_PATH (scripts/cuda-libs.sh). Built for CUDA_COMPUTE_CAP=90 (H100/H200); other GPUs need
 # their own value at build time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,23 +45,12 @@ fail() {
 command -v nvidia-smi >/dev/null || fail "nvidia-smi not found: no NVIDIA driver on this machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
 
-# The CUDA 13 runtime libraries that came with torch.
-site=$("$python" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))') ||
-  fail "$python cannot import the nvidia wheels; use the Python that holds torch (PYTHON=...)"
-cuda_lib=""
-for dir in "$site/nvidia/cu13/lib" "$site"/nvidia/*/lib; do
-  if [ -e "$dir/libcublas.so.13" ]; then
-    cuda_lib=$dir
-    break
-  fi
-done
-[ -n "$cuda_lib" ] || fail "no libcublas.so.13 under $site/nvidia: torch must be a CUDA 13 build (cu12 library names differ)"
-export LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-
-missing=$(ldd "$bin" | grep "not found" || true)
-[ -z "$missing" ] || fail "the binary cannot find these libraries:
-$missing"
+# The CUDA 13 runtime libraries that came with torch (or CUDA_LIB_DIR), with a clear
+# message when they or the driver are missing.
+# shellcheck source=scripts/cuda-libs.sh
+source scripts/cuda-libs.sh
+ARBOR_BIN=$bin PYTHON=$python arbor_cuda_libs || exit 1
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
 # Part 1 fails fast with a clear message if the driver or GPU cannot be opened.
 "$python" scripts/gpu_check.py run --bin "$bin" --out "$out" --budget-s 420
