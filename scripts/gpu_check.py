@@ -145,19 +145,20 @@ def common_prefix(a, b):
     return n
 
 
-def check_fixtures(binary, work, report):
-    """Part 1; returns whether every f32 comparison passed."""
+def check_fixtures(binary, work, report, device="cuda"):
+    """Part 1; returns whether every f32 comparison passed. `device` other than cuda
+    only dry-runs this script (CPU against itself)."""
     ok = True
     for name in TINY_MODELS:
         model_dir = os.path.join(FIXTURES, name)
         with open(os.path.join(model_dir, "reference.json")) as f:
             cases = json.load(f)["cases"]
-        single = single_prompt_ids(binary, model_dir, cases[0]["prompt_ids"], "cuda")
+        single = single_prompt_ids(binary, model_dir, cases[0]["prompt_ids"], device)
         single_ok = single == cases[0]["greedy_16"]
         ok &= single_ok
-        log(f"  {name} --prompt-ids on cuda: {'ok' if single_ok else 'MISMATCH'}")
+        log(f"  {name} --prompt-ids on {device}: {'ok' if single_ok else 'MISMATCH'}")
         for dtype in ["f32", "bf16"]:
-            cuda = fixture_ids(binary, model_dir, cases, dtype, "cuda", work)
+            cuda = fixture_ids(binary, model_dir, cases, dtype, device, work)
             cpu = fixture_ids(binary, model_dir, cases, dtype, "cpu", work)
             for idx, case in enumerate(cases):
                 agree = common_prefix(cuda[idx], cpu[idx])
@@ -214,34 +215,46 @@ def fit_lengths(batch, prompt_len, new_len, kv_tokens):
 
 
 def timed_run(binary, model_dir, batch, prompt_len, new_len, vocab, flags, work, clock):
-    prompts = [[random.randrange(1000, vocab - 1000) for _ in range(prompt_len)]
+    # Ids away from both ends of the vocabulary, where special tokens live.
+    margin = min(1000, vocab // 4)
+    prompts = [[random.randrange(margin, vocab - margin) for _ in range(prompt_len)]
                for _ in range(batch)]
     path = os.path.join(work, f"b{batch}-p{prompt_len}-n{new_len}.jsonl")
     write_prompts(path, prompts, new_len)
     timeout = max(30.0, min(180.0, clock.left()))
     objects = run_generate(binary, model_dir, ["--prompts-file", path, "--max-tokens",
                                                str(new_len), "--temperature", "0",
-                                               "--ignore-eos", "--dtype", "bf16",
-                                               "--device", "cuda"] + flags, timeout)
+                                               "--ignore-eos", "--dtype", "bf16"] + flags,
+                           timeout)
     results, stats = results_and_stats(objects)
     output_tokens = stats.get("output_tokens", sum(len(r["output_ids"]) for r in results))
     return stats["prompt_tokens"], output_tokens, stats["elapsed_s"]
 
 
-def throughput(binary, work, bandwidth, report, clock):
+def throughput(binary, work, bandwidth, report, clock, device="cuda"):
+    """Part 2. `device` other than cuda dry-runs it on tiny-llama3 (no torch needed)."""
     with open(os.path.join(FIXTURES, "models.json")) as f:
         configs = json.load(f)["models"]
     flags, kv_bytes = generate_flags(binary)
-    for name in BIG_MODELS:
+    flags = flags + ["--device", device]
+    for name in BIG_MODELS if device == "cuda" else ["tiny-llama3"]:
         if clock.left() < 90:
             log(f"  {name}: skipped, out of time")
             continue
-        model_dir = os.path.join(work, name.split("/")[1])
-        started = time.monotonic()
-        made = child(["random-model", name, model_dir], min(240.0, clock.left()))
-        log(f"  {name}: random bf16 weights, {made['weights_bytes'] / 1e9:.2f} GB, "
-            f"made in {time.monotonic() - started:.0f} s")
-        config = configs[name]
+        if device == "cuda":
+            model_dir = os.path.join(work, name.split("/")[1])
+            started = time.monotonic()
+            made = child(["random-model", name, model_dir], min(240.0, clock.left()))
+            log(f"  {name}: random bf16 weights, {made['weights_bytes'] / 1e9:.2f} GB, "
+                f"made in {time.monotonic() - started:.0f} s")
+            config = configs[name]
+        else:
+            model_dir = os.path.join(FIXTURES, name)
+            with open(os.path.join(model_dir, "config.json")) as f:
+                config = json.load(f)
+            # Weights are f32 on disk, bf16 when loaded.
+            made = {"weights_bytes": os.path.getsize(
+                os.path.join(model_dir, "model.safetensors")) // 2}
         kv_tokens = kv_bytes // kv_bytes_per_token(config)
         for batch in BATCHES:
             if clock.left() < 30:
@@ -249,13 +262,14 @@ def throughput(binary, work, bandwidth, report, clock):
                 continue
             row = measure(binary, model_dir, batch, config, kv_tokens, flags, work, clock)
             steps_per_s = row["decode_tok_s"] / batch
-            row.update(model=name, batch=batch,
+            row.update(model=name if "/" in name else "-/" + name, batch=batch,
                        hbm_fraction=made["weights_bytes"] * steps_per_s / bandwidth)
             report["throughput"].append(row)
             log(f"  {name} batch {batch}: prefill {row['prefill_tok_s']:.0f} tok/s, "
                 f"decode {row['decode_tok_s']:.0f} tok/s, "
                 f"HBM roofline {100 * row['hbm_fraction']:.1f}%")
-        shutil.rmtree(model_dir, ignore_errors=True)
+        if device == "cuda":
+            shutil.rmtree(model_dir, ignore_errors=True)
 
 
 def measure(binary, model_dir, batch, config, kv_tokens, flags, work, clock):
@@ -336,6 +350,8 @@ def main():
     run.add_argument("--out", required=True, help="folder for the report and scratch files")
     run.add_argument("--budget-s", type=float, default=450.0)
     run.add_argument("--skip-throughput", action="store_true")
+    run.add_argument("--device", default="cuda",
+                     help="cpu only dry-runs part 1 of this script on a machine without a GPU")
     sub.add_parser("bandwidth")
     model = sub.add_parser("random-model")
     model.add_argument("name")
@@ -359,7 +375,7 @@ def cmd_run(args):
 
     log("==> part 1: tiny fixtures, CUDA vs CPU vs transformers")
     try:
-        if not check_fixtures(args.bin, work, report):
+        if not check_fixtures(args.bin, work, report, args.device):
             failed.append("fixtures")
     except CheckError as err:
         log(f"  FAILED: {err}")
@@ -368,11 +384,14 @@ def cmd_run(args):
     if not args.skip_throughput:
         log("==> part 2: throughput with random weights in real configurations")
         try:
-            probe = child(["bandwidth"], 120)
+            if args.device == "cuda":
+                probe = child(["bandwidth"], 120)
+            else:  # a dry run: a nominal bandwidth, no torch
+                probe = {"bandwidth_bytes_per_s": 1e10, "device": f"{args.device} (dry run)"}
             bandwidth = probe["bandwidth_bytes_per_s"]
             report.update(device=probe["device"], bandwidth_bytes_per_s=bandwidth)
             log(f"  {probe['device']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-            throughput(args.bin, work, bandwidth, report, clock)
+            throughput(args.bin, work, bandwidth, report, clock, args.device)
         except CheckError as err:
             log(f"  FAILED: {err}")
             failed.append("throughput")
