@@ -42,6 +42,8 @@ DECODE_LEN = {1: 128, 16: 96, 64: 64, 256: 48}
 DECODE_PROMPT_LEN = 16
 # KV cache for the throughput runs, when `arbor generate` has --kv-cache-memory.
 KV_MEMORY = "16GiB"
+# The same for a dry run on the CPU, where the pool is allocated (and zeroed) up front.
+DRY_RUN_KV_MEMORY = "256MiB"
 # What arbor's engine sizes the KV cache to when not told (EngineConfig's default).
 DEFAULT_KV_BYTES = 1 << 30
 
@@ -188,11 +190,13 @@ def child(args, timeout_s):
     return json_objects(proc.stdout)[-1]
 
 
-def generate_flags(binary):
+def generate_flags(binary, device):
     """The KV flag to pass, if `arbor generate` has one, and its KV bytes."""
     help_text = subprocess.run([binary, "generate", "--help"], capture_output=True,
                                text=True).stdout
     if "--kv-cache-memory" in help_text:
+        if device != "cuda":
+            return ["--kv-cache-memory", DRY_RUN_KV_MEMORY], 256 << 20
         return ["--kv-cache-memory", KV_MEMORY], 16 << 30
     log(f"  note: arbor generate has no --kv-cache-memory; runs sized for its default "
         f"{DEFAULT_KV_BYTES >> 30} GiB KV cache")
@@ -235,7 +239,7 @@ def throughput(binary, work, bandwidth, report, clock, device="cuda"):
     """Part 2. `device` other than cuda dry-runs it on tiny-llama3 (no torch needed)."""
     with open(os.path.join(FIXTURES, "models.json")) as f:
         configs = json.load(f)["models"]
-    flags, kv_bytes = generate_flags(binary)
+    flags, kv_bytes = generate_flags(binary, device)
     flags = flags + ["--device", device]
     for name in BIG_MODELS if device == "cuda" else ["tiny-llama3"]:
         if clock.left() < 90:
