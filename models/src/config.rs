@@ -113,7 +113,7 @@ impl ModelConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(LoadError::config(path, format!("{name} must be positive")));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(LoadError::config(
                 path,
                 format!(
@@ -122,7 +122,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(LoadError::config(path, "head_dim must be even for rotary"));
         }
         Ok(())

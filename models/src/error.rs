@@ -56,8 +56,9 @@ pub enum LoadError {
     Tensor {
         path: PathBuf,
         name: String,
+        /// Boxed: Candle's error is large, and every loading function returns this type.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 

@@ -60,7 +60,7 @@ fn edit_safetensors_header(path: &Path, edit: impl FnOnce(&mut Value)) {
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + n_header]).unwrap();
     edit(&mut header);
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -128,7 +128,7 @@ impl Engine {
         let submitted_at = inner.clock.now();
         let command = Command::Submit {
             id,
-            request,
+            request: Box::new(request),
             events,
             submitted_at,
         };

@@ -22,7 +22,8 @@ pub(crate) enum Command {
     /// Queue a request (validated by the handle).
     Submit {
         id: RequestId,
-        request: GenerateRequest,
+        /// Boxed so that the channel's other commands stay small.
+        request: Box<GenerateRequest>,
         events: UnboundedSender<Event>,
         submitted_at: Instant,
     },
@@ -87,7 +88,7 @@ fn handle(core: &mut EngineCore, command: Command, shared: &Shared) -> bool {
         } => {
             shared.n_in_channel.fetch_sub(1, Ordering::AcqRel);
             let n = request.n;
-            if let Err(e) = core.add_request(id, request, events.clone(), submitted_at) {
+            if let Err(e) = core.add_request(id, *request, events.clone(), submitted_at) {
                 // The handle validated already; this is only reached if limits moved.
                 debug!(request_id = %id, error = %e, "request rejected by the engine thread");
                 reject(&events, n);

@@ -22,7 +22,7 @@ enum Command {
     /// Generate from a model on the command line.
     Generate(generate::GenerateArgs),
     /// Benchmark an OpenAI-compatible server.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +30,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn tensor_error(
     move |source| LoadError::Tensor {
         path,
         name,
-        source: plain_error(source),
+        source: Box::new(plain_error(source)),
     }
 }
 
