@@ -67,3 +67,43 @@ def test_completions_and_sglang_generate_agree_on_greedy_text(http, expected):
     response = http.post("/generate", body)
     assert response.status == 200
     assert response.json()["text"] == expected.choices[0].text
+
+
+OTHER_PROMPT = "The largest planet in the solar system is"
+
+
+def test_a_list_of_prompts_numbers_choices_prompt_by_prompt(client, model, expected):
+    other = complete(client, model, prompt=OTHER_PROMPT)
+    response = complete(client, model, prompt=[PROMPT, OTHER_PROMPT], n=2)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    # Greedy: both choices of a prompt are its single-prompt completion.
+    texts = [c.text for c in response.choices]
+    assert texts == [expected.choices[0].text] * 2 + [other.choices[0].text] * 2
+    # Each prompt counts once; the completions of all four choices add up.
+    assert response.usage.prompt_tokens == expected.usage.prompt_tokens + other.usage.prompt_tokens
+    assert response.usage.completion_tokens == 2 * (
+        expected.usage.completion_tokens + other.usage.completion_tokens
+    )
+
+
+def test_a_list_of_token_id_prompts_streams_every_choice_to_its_end(client, model, http, expected):
+    ids = http.post("/tokenize", {"prompt": PROMPT, "add_special_tokens": True}).json()["tokens"]
+    chunks = list(complete(client, model, prompt=[ids, ids[:3]], stream=True,
+                           stream_options={"include_usage": True}))
+    texts, finished = {}, set()
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1}
+    assert texts[0] == expected.choices[0].text
+    assert chunks[-1].usage.prompt_tokens == len(ids) + 3
+
+
+def test_an_empty_list_of_prompts_is_a_bad_request(client, model):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        complete(client, model, prompt=[])
+    assert "prompt must not be empty" in str(err.value)

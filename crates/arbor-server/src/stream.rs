@@ -2,13 +2,15 @@
 //! (chunk by chunk, through a `ChunkWriter` that knows the route's wire format) or into
 //! a callback for a non-streaming response.
 //!
-//! The SSE body owns the engine's `RequestStream`: when the client disconnects, hyper
-//! drops the body, which drops the stream, which aborts the request and frees its
-//! pages at the engine's next step.
+//! The SSE body owns the engine's `RequestStream` (or, for a batched completion, the
+//! merge of several, see [`merge`]): when the client disconnects, hyper drops the body,
+//! which drops the streams, which abort their requests and free their pages at the
+//! engine's next step.
 
 use arbor_engine::{Event, RequestStream};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 
 use crate::error::ApiError;
 use crate::sse;
@@ -34,8 +36,8 @@ pub trait ChunkWriter: Send + 'static {
 /// An SSE response streaming `events` through `writer`, ending with `data: [DONE]`. If
 /// the engine stream ends before every sequence finished (the engine stopped), an error
 /// frame precedes `[DONE]`.
-pub fn sse_response<W: ChunkWriter>(
-    events: RequestStream,
+pub fn sse_response<S: EventStream, W: ChunkWriter>(
+    events: S,
     writer: W,
     tracker: RequestTracker,
 ) -> Response {
@@ -54,8 +56,8 @@ pub fn sse_response<W: ChunkWriter>(
 
 /// Feeds every event of `events` to `on_event` until the stream ends. Fails with
 /// `Unavailable` if it ended before every sequence finished.
-pub async fn collect(
-    events: &mut RequestStream,
+pub async fn collect<S: EventStream>(
+    events: &mut S,
     tracker: &mut RequestTracker,
     mut on_event: impl FnMut(Event),
 ) -> Result<(), ApiError> {
@@ -71,8 +73,28 @@ pub async fn collect(
     }
 }
 
-struct Driver<W> {
-    events: RequestStream,
+/// What the drivers read: engine events of one request, or of several merged.
+pub trait EventStream: Stream<Item = Event> + Send + Unpin + 'static {}
+
+impl<S: Stream<Item = Event> + Send + Unpin + 'static> EventStream for S {}
+
+/// The events of several requests with `n` sequences each, as one stream: the events
+/// of `streams[p]` are renumbered `p * n + index`, as OpenAI numbers the choices of a
+/// batched completion. Events arrive as each request produces them.
+pub fn merge(streams: Vec<RequestStream>, n: usize) -> impl EventStream {
+    let renumbered = streams.into_iter().enumerate().map(move |(p, stream)| {
+        stream.map(move |mut event| {
+            match &mut event {
+                Event::Token { index, .. } | Event::Finished { index, .. } => *index += p * n,
+            }
+            event
+        })
+    });
+    futures::stream::select_all(renumbered)
+}
+
+struct Driver<S, W> {
+    events: S,
     writer: W,
     tracker: RequestTracker,
     phase: Phase,
@@ -85,7 +107,7 @@ enum Phase {
     Done,
 }
 
-impl<W: ChunkWriter> Driver<W> {
+impl<S: EventStream, W: ChunkWriter> Driver<S, W> {
     /// The next non-empty batch of frames, or `None` after `[DONE]`.
     async fn next_frames(&mut self) -> Option<Bytes> {
         if self.phase == Phase::Start {

@@ -16,7 +16,7 @@ pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
 pub struct CompletionRequest {
     /// Must name a served model when given.
     pub model: Option<String>,
-    /// Text, token ids, or a one-element list of either.
+    /// Text, token ids, or a list of either (several prompts).
     pub prompt: PromptInput,
     /// Stream chunks as server-sent events.
     #[serde(default)]
@@ -61,28 +61,22 @@ pub enum SinglePrompt {
 }
 
 impl PromptInput {
-    /// The one prompt of the request.
-    // Limitation: a list of several prompts (batched completions) is refused; clients
-    // send one request per prompt instead. Supporting it means merging several engine
-    // streams and renumbering choices.
-    pub fn single(self) -> Result<SinglePrompt, ApiError> {
-        let several =
-            || ApiError::invalid_value("prompt", "only one prompt per request is supported");
-        match self {
-            PromptInput::Text(text) => Ok(SinglePrompt::Text(text)),
-            PromptInput::Ids(ids) => Ok(SinglePrompt::Ids(ids)),
-            PromptInput::Texts(mut texts) if texts.len() == 1 => {
-                Ok(SinglePrompt::Text(texts.remove(0)))
-            }
-            PromptInput::IdLists(mut lists) if lists.len() == 1 => {
-                Ok(SinglePrompt::Ids(lists.remove(0)))
-            }
-            PromptInput::Texts(texts) if texts.is_empty() => Err(ApiError::invalid_value(
+    /// The request's prompts, in order: one, or each of a list (a batched completion,
+    /// whose choices are numbered prompt by prompt: `prompt_index * n + choice`).
+    pub fn into_prompts(self) -> Result<Vec<SinglePrompt>, ApiError> {
+        let prompts: Vec<SinglePrompt> = match self {
+            PromptInput::Text(text) => vec![SinglePrompt::Text(text)],
+            PromptInput::Ids(ids) => vec![SinglePrompt::Ids(ids)],
+            PromptInput::Texts(texts) => texts.into_iter().map(SinglePrompt::Text).collect(),
+            PromptInput::IdLists(lists) => lists.into_iter().map(SinglePrompt::Ids).collect(),
+        };
+        if prompts.is_empty() {
+            return Err(ApiError::invalid_value(
                 "prompt",
                 "prompt must not be empty",
-            )),
-            _ => Err(several()),
+            ));
         }
+        Ok(prompts)
     }
 }
 
@@ -109,7 +103,8 @@ pub struct CompletionResponse {
 /// One choice (or one choice's new text in a chunk).
 #[derive(Clone, Debug, Serialize)]
 pub struct CompletionChoice {
-    /// Position among the request's `n` choices.
+    /// Position among the request's choices: `prompt_index * n + choice` (just the
+    /// choice for one prompt).
     pub index: usize,
     /// The generated text (the new part of it in a chunk).
     pub text: String,
@@ -127,34 +122,41 @@ mod tests {
     use super::*;
     use crate::json::parse;
 
-    fn prompt_of(json: &[u8]) -> Result<SinglePrompt, ApiError> {
-        parse::<CompletionRequest>(json).unwrap().prompt.single()
+    fn prompts_of(json: &[u8]) -> Result<Vec<SinglePrompt>, ApiError> {
+        parse::<CompletionRequest>(json)
+            .unwrap()
+            .prompt
+            .into_prompts()
     }
 
     #[test]
-    fn every_prompt_shape_with_one_prompt_is_accepted() {
+    fn every_prompt_shape_gives_its_prompts_in_order() {
+        use SinglePrompt::{Ids, Text};
         assert_eq!(
-            prompt_of(br#"{"prompt": "hi"}"#).unwrap(),
-            SinglePrompt::Text("hi".into())
+            prompts_of(br#"{"prompt": "hi"}"#).unwrap(),
+            [Text("hi".into())]
         );
         assert_eq!(
-            prompt_of(br#"{"prompt": ["hi"]}"#).unwrap(),
-            SinglePrompt::Text("hi".into())
+            prompts_of(br#"{"prompt": ["hi", "yo"]}"#).unwrap(),
+            [Text("hi".into()), Text("yo".into())]
         );
         assert_eq!(
-            prompt_of(br#"{"prompt": [1, 2]}"#).unwrap(),
-            SinglePrompt::Ids(vec![1, 2])
+            prompts_of(br#"{"prompt": [1, 2]}"#).unwrap(),
+            [Ids(vec![1, 2])]
         );
         assert_eq!(
-            prompt_of(br#"{"prompt": [[3]]}"#).unwrap(),
-            SinglePrompt::Ids(vec![3])
+            prompts_of(br#"{"prompt": [[3], [4, 5]]}"#).unwrap(),
+            [Ids(vec![3]), Ids(vec![4, 5])]
         );
     }
 
     #[test]
-    fn several_prompts_are_refused() {
-        assert!(prompt_of(br#"{"prompt": ["a", "b"]}"#).is_err());
-        assert!(prompt_of(br#"{"prompt": [[1], [2]]}"#).is_err());
+    fn an_empty_list_of_prompts_is_refused() {
+        let err = prompts_of(br#"{"prompt": []}"#).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("prompt must not be empty"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -20,54 +20,75 @@ use crate::openai::{
 };
 use crate::sse;
 use crate::state::{AppState, unix_now};
-use crate::stream::{ChunkWriter, collect, sse_response};
+use crate::stream::{ChunkWriter, collect, merge, sse_response};
 use crate::track::RequestTracker;
 
-/// Handles `POST /v1/completions`.
+/// Handles `POST /v1/completions`. A list of prompts is one engine request per prompt,
+/// all submitted before any output is read; their choices are numbered prompt by
+/// prompt (`prompt_index * n + choice`) and their usage is summed.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let created = unix_now();
     state.check_model(request.model.as_deref())?;
-    let (prompt_ids, prompt_text) = match request.prompt.clone().single()? {
-        SinglePrompt::Text(text) => (state.encode(&text, true)?, text),
-        SinglePrompt::Ids(ids) => {
-            let text = if request.echo {
-                state.decode(&ids, false)?
-            } else {
-                String::new()
-            };
-            (ids, text)
-        }
-    };
-    if prompt_ids.is_empty() {
-        return Err(ApiError::invalid_value(
-            "prompt",
-            "prompt must not be empty",
-        ));
-    }
-
     let n = check_n(request.n)?;
     let default_max = Some(DEFAULT_COMPLETION_MAX_TOKENS);
-    let limits = state.prompt_limits(prompt_ids.len(), default_max, "prompt");
-    let params = build_params(
-        &request.sampling,
-        request.max_tokens,
-        request.logprobs,
-        &limits,
-    )?;
-    let max_tokens = params.max_tokens;
-    let n_prompt_tokens = prompt_ids.len();
-    let mut events = state.engine.submit(GenerateRequest {
-        prompt_ids,
-        params,
-        n,
-    })?;
+    // Every prompt is checked before any is submitted, so that a bad one fails the
+    // request without starting the others.
+    let mut prepared = Vec::new();
+    for prompt in request.prompt.clone().into_prompts()? {
+        let (prompt_ids, prompt_text) = match prompt {
+            SinglePrompt::Text(text) => (state.encode(&text, true)?, text),
+            SinglePrompt::Ids(ids) => {
+                let text = if request.echo {
+                    state.decode(&ids, false)?
+                } else {
+                    String::new()
+                };
+                (ids, text)
+            }
+        };
+        if prompt_ids.is_empty() {
+            return Err(ApiError::invalid_value(
+                "prompt",
+                "prompt must not be empty",
+            ));
+        }
+        let limits = state.prompt_limits(prompt_ids.len(), default_max, "prompt");
+        let params = build_params(
+            &request.sampling,
+            request.max_tokens,
+            request.logprobs,
+            &limits,
+        )?;
+        prepared.push((prompt_ids, prompt_text, params));
+    }
 
-    let id = state.response_id("cmpl", events.id());
-    let mut tracker = RequestTracker::new(state.clone(), &id, n_prompt_tokens, max_tokens, n);
-    let echo = request.echo.then_some(prompt_text);
+    let max_tokens = prepared.iter().map(|(_, _, p)| p.max_tokens).max();
+    let n_prompt_tokens = prepared.iter().map(|(ids, _, _)| ids.len()).sum();
+    let n_prompts = prepared.len();
+    let mut streams = Vec::with_capacity(n_prompts);
+    let mut choices = Vec::with_capacity(n_prompts * n);
+    for (prompt_ids, prompt_text, params) in prepared {
+        // An error here drops the streams already submitted, which aborts them.
+        streams.push(state.engine.submit(GenerateRequest {
+            prompt_ids,
+            params,
+            n,
+        })?);
+        let echo = request.echo.then_some(prompt_text);
+        choices.extend((0..n).map(|_| ChoiceState::new(echo.clone())));
+    }
+
+    let id = state.response_id("cmpl", streams[0].id());
+    let mut tracker = RequestTracker::new(
+        state.clone(),
+        &id,
+        n_prompt_tokens,
+        max_tokens.unwrap_or_default(),
+        n_prompts * n,
+    );
     let mut writer = CompletionWriter {
         id,
         created,
@@ -77,8 +98,10 @@ pub async fn completions(
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage),
-        choices: (0..n).map(|_| ChoiceState::new(echo.clone())).collect(),
+        n,
+        choices,
     };
+    let mut events = merge(streams, n);
     if request.stream {
         return Ok(sse_response(events, writer, tracker));
     }
@@ -129,6 +152,8 @@ struct CompletionWriter {
     model: String,
     want_logprobs: bool,
     include_usage: bool,
+    /// Choices per prompt.
+    n: usize,
     choices: Vec<ChoiceState>,
 }
 
@@ -197,8 +222,17 @@ impl CompletionWriter {
         }
     }
 
+    /// Each prompt's usage (its prompt counted once), summed over the prompts.
     fn usage(&self) -> UsageBody {
-        UsageBody::from_sequences(self.choices.iter().map(|c| &c.usage), None)
+        let mut total = UsageBody::default();
+        for prompt in self.choices.chunks(self.n) {
+            let usage = UsageBody::from_sequences(prompt.iter().map(|c| &c.usage), None);
+            total.prompt_tokens += usage.prompt_tokens;
+            total.completion_tokens += usage.completion_tokens;
+            total.prompt_tokens_details.cached_tokens += usage.prompt_tokens_details.cached_tokens;
+        }
+        total.total_tokens = total.prompt_tokens + total.completion_tokens;
+        total
     }
 
     fn into_response(self) -> CompletionResponse {
