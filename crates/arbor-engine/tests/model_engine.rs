@@ -7,6 +7,8 @@
 //! Prompts with a fixture reference are also checked against `transformers`' greedy ids.
 
 mod common;
+#[path = "../../../tests/support/fixtures.rs"]
+mod fixtures;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,7 @@ use arbor_engine::{
 use arbor_models::Model;
 use candle_core::{DType, Device};
 use common::{assert_no_leak, collect_one, run_to_end, submit};
-use serde_json::Value;
+use fixtures::{fixture, smollm2, smollm2_cases, tiny_cases};
 
 const TINY_MODELS: [&str; 3] = ["tiny-llama3", "tiny-qwen2", "tiny-qwen2-tied"];
 const TINY_MAX_TOKENS: usize = 16;
@@ -319,25 +321,11 @@ fn assert_pages_free_or_evictable(stats: &EngineStats) {
     );
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn fixture(model: &str) -> PathBuf {
-    fixtures().join(model)
-}
-
 /// The fixture's prompts (with their greedy references), then prompts built to share
 /// prefixes with them: a case extended by its first three output tokens (a prefix hit
 /// ending mid-page), and a repeat of the longest case.
 fn tiny_prompts(model: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let reference = read_json(&fixture(model).join("reference.json"));
-    let cases: Vec<(Vec<u32>, Vec<u32>)> = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_16"])))
-        .collect();
+    let cases = tiny_cases(model);
     let mut prompts: Vec<Vec<u32>> = cases.iter().map(|(p, _)| p.clone()).collect();
     let references: Vec<Vec<u32>> = cases.iter().map(|(_, g)| g.clone()).collect();
     let (last_prompt, last_greedy) = cases.last().unwrap();
@@ -345,40 +333,4 @@ fn tiny_prompts(model: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let longest = prompts.iter().max_by_key(|p| p.len()).unwrap().clone();
     prompts.push(longest);
     (prompts, references)
-}
-
-/// (prompt_ids, greedy_32_ids) of the SmolLM2 reference cases.
-fn smollm2_cases() -> Vec<(Vec<u32>, Vec<u32>)> {
-    let reference = read_json(&fixtures().join("smollm2-135m-instruct/reference.json"));
-    let cases = reference["cases"].as_array().unwrap();
-    cases
-        .iter()
-        .map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_32_ids"])))
-        .collect()
-}
-
-fn smollm2() -> Option<PathBuf> {
-    match std::env::var_os("ARBOR_SMOLLM2_GGUF") {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => {
-            println!(
-                "skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (./scripts/fetch-smollm2.sh)"
-            );
-            None
-        }
-    }
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_u64().unwrap() as u32)
-        .collect()
 }

@@ -3,9 +3,13 @@
 //! checked against the fixtures' greedy ids, which `transformers` computed, and a
 //! prompts file is checked against each of its prompts run alone.
 
+#[path = "../../../tests/support/fixtures.rs"]
+mod fixtures;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use fixtures::{fixture, ids, smollm2, smollm2_reference, tiny_cases};
 use serde_json::Value;
 
 const TINY_MODELS: [&str; 3] = ["tiny-llama3", "tiny-qwen2", "tiny-qwen2-tied"];
@@ -13,7 +17,7 @@ const TINY_MODELS: [&str; 3] = ["tiny-llama3", "tiny-qwen2", "tiny-qwen2-tied"];
 #[test]
 fn prompt_ids_give_the_reference_greedy_ids_on_every_tiny_model() {
     for model in TINY_MODELS {
-        for (prompt_ids, greedy) in reference_cases(model) {
+        for (prompt_ids, greedy) in tiny_cases(model) {
             let out = generate_json(&fixture(model), &prompt_ids, &["--max-tokens", "16"]);
             assert_eq!(ids(&out["prompt_ids"]), prompt_ids, "{model}");
             assert_eq!(
@@ -30,7 +34,7 @@ fn prompt_ids_give_the_reference_greedy_ids_on_every_tiny_model() {
 #[test]
 fn a_prompts_file_gives_each_prompt_the_output_it_gets_alone() {
     let model = fixture("tiny-llama3");
-    let cases = reference_cases("tiny-llama3");
+    let cases = tiny_cases("tiny-llama3");
     // A prompt extending another by its first two output tokens, a duplicate, and a
     // short max_tokens: the batch must still give each the output it gets alone.
     let (first_prompt, first_greedy) = &cases[1];
@@ -87,7 +91,7 @@ fn a_prompts_file_gives_each_prompt_the_output_it_gets_alone() {
 #[test]
 fn a_kv_cache_too_small_for_all_prompts_preempts_and_outputs_stay_the_same() {
     let model = fixture("tiny-llama3");
-    let cases = reference_cases("tiny-llama3");
+    let cases = tiny_cases("tiny-llama3");
     let lines: Vec<String> = cases
         .iter()
         .map(|(p, _)| format!(r#"{{"prompt_ids": {p:?}}}"#))
@@ -119,7 +123,7 @@ fn a_kv_cache_too_small_for_all_prompts_preempts_and_outputs_stay_the_same() {
 #[test]
 fn a_bf16_kv_cache_doubles_the_tokens_a_budget_holds() {
     let model = fixture("tiny-llama3");
-    let (prompt, _) = reference_cases("tiny-llama3").remove(0);
+    let (prompt, _) = tiny_cases("tiny-llama3").remove(0);
     let file = write_temp(
         "kv-dtype.jsonl",
         &format!(r#"{{"prompt_ids": {prompt:?}}}"#),
@@ -354,49 +358,6 @@ fn json_lines(stdout: &str) -> Vec<Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    let items = value
-        .as_array()
-        .unwrap_or_else(|| panic!("not an id list: {value}"));
-    items.iter().map(|id| id.as_u64().unwrap() as u32).collect()
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn fixture(model: &str) -> PathBuf {
-    fixtures().join(model)
-}
-
-/// (prompt_ids, greedy_16) of each case of a tiny model's `reference.json`.
-fn reference_cases(model: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
-    let text = std::fs::read_to_string(fixture(model).join("reference.json")).unwrap();
-    let reference: Value = serde_json::from_str(&text).unwrap();
-    let cases = reference["cases"].as_array().unwrap();
-    cases
-        .iter()
-        .map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_16"])))
-        .collect()
-}
-
-fn smollm2() -> Option<PathBuf> {
-    match std::env::var_os("ARBOR_SMOLLM2_GGUF") {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => {
-            println!(
-                "skipped: set ARBOR_SMOLLM2_GGUF to the SmolLM2 GGUF (./scripts/fetch-smollm2.sh)"
-            );
-            None
-        }
-    }
-}
-
-fn smollm2_reference() -> Value {
-    let path = fixtures().join("smollm2-135m-instruct/reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn write_temp(name: &str, contents: &str) -> PathBuf {
