@@ -11,14 +11,9 @@
 # with torch (a CUDA 13 build) and transformers; no Rust, toolkit or network. Build the
 # binary on any machine (no GPU needed) and carry it over with the repository:
 #
-#   source scripts/cuda-env.sh        # CUDA 13.0 toolkit from PyPI into .cuda/
-#   RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target-cuda \
-#     cargo build --release -p arbor --features cuda
-#   # carry target-cuda/release/arbor (about 40 MB), or point ARBOR_BIN at it
+#   ./scripts/build-cuda-release.sh     # target-cuda/release/arbor, stripped, < 64 MiB
 #
-# RUSTFLAGS replaces .cargo/config.toml's target-cpu=native, which could use CPU
-# instructions the GPU machine's CPU lacks. On 2 cores the release build takes about
-# 40 minutes from clean (Candle's kernels alone about 10).
+# (about 40 minutes from clean on 2 cores; see that script for the flags).
 #
 # Then, from the repository root on the GPU machine:
 #

@@ -66,6 +66,26 @@ def test_generate_accepts_input_ids(http):
     assert by_ids["output_ids"] == by_text["output_ids"]
 
 
+def test_generate_with_a_list_of_prompts_returns_one_result_per_prompt_and_sample(http):
+    prompts = ["The capital of France is", "The largest planet is"]
+    params = {"max_new_tokens": 4, "temperature": 0}
+    alone = [http.post("/generate", {"text": p, "sampling_params": params}).json() for p in prompts]
+    batch = http.post("/generate", {"text": prompts, "sampling_params": dict(params, n=2)}).json()
+    assert [r["index"] for r in batch] == [0, 1, 2, 3]
+    # Greedy: both samples of a prompt are its single-prompt output.
+    assert [r["output_ids"] for r in batch] == [alone[0]["output_ids"]] * 2 + [alone[1]["output_ids"]] * 2
+    by_ids = http.post(
+        "/generate", {"input_ids": [r["output_ids"] for r in alone], "sampling_params": params}
+    ).json()
+    assert len(by_ids) == 2 and all(len(r["output_ids"]) > 0 for r in by_ids)
+
+
+def test_generate_with_an_empty_prompt_list_is_a_bad_request(http):
+    response = http.post("/generate", {"text": [], "sampling_params": {"max_new_tokens": 2}})
+    assert response.status == 400
+    assert "prompt must not be empty" in response.body.decode()
+
+
 def test_generate_streams_the_whole_text_so_far_then_done(http):
     body = {
         "text": "The capital of France is",

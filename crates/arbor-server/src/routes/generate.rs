@@ -1,7 +1,8 @@
-//! `POST /generate`, SGLang's native route: a `text` or `input_ids` prompt, SGLang's
-//! `sampling_params` (`max_new_tokens`, `min_new_tokens`, ...), and a response of
-//! `text`, `output_ids` and `meta_info`. Streaming sends the whole text so far in each
-//! event, as SGLang does by default, then `data: [DONE]`.
+//! `POST /generate`, SGLang's native route: a `text` or `input_ids` prompt (or a list of
+//! them), SGLang's `sampling_params` (`max_new_tokens`, `min_new_tokens`, ...), and a
+//! response of `text`, `output_ids` and `meta_info` (a list of them for several prompts
+//! or `n > 1`, numbered `prompt_index * n + sample`). Streaming sends the whole text so
+//! far in each event, as SGLang does by default, then `data: [DONE]`.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::json::ApiJson;
 use crate::openai::{SamplingFields, build_params, check_n};
 use crate::sse;
 use crate::state::AppState;
-use crate::stream::{ChunkWriter, collect, sse_response};
+use crate::stream::{ChunkWriter, collect, merge, sse_response};
 use crate::track::RequestTracker;
 
 /// New tokens of a `/generate` request that sets no `max_new_tokens`, as in SGLang.
@@ -28,9 +29,9 @@ pub const DEFAULT_MAX_NEW_TOKENS: usize = 128;
 /// The body of `POST /generate`. Exactly one of `text` and `input_ids`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct GenerateBody {
-    /// Prompt text (tokenized with special tokens added); a one-element list also works.
+    /// Prompt text (tokenized with special tokens added), or a list of prompts.
     pub text: Option<OneOrList<String>>,
-    /// Prompt token ids; a one-element list of lists also works.
+    /// Prompt token ids, or a list of prompts.
     pub input_ids: Option<OneOrList<Vec<u32>>>,
     /// Sampling, SGLang's names.
     #[serde(default)]
@@ -51,21 +52,15 @@ pub struct GenerateBody {
 pub enum OneOrList<T> {
     /// The value itself.
     One(T),
-    /// A list (batched requests); only one element is supported.
+    /// A list (a batched request).
     List(Vec<T>),
 }
 
 impl<T> OneOrList<T> {
-    // Limitation: batched `/generate` (lists of several prompts) is refused; send one
-    // request per prompt.
-    fn single(self, param: &str) -> Result<T, ApiError> {
+    fn into_list(self) -> Vec<T> {
         match self {
-            OneOrList::One(value) => Ok(value),
-            OneOrList::List(mut list) if list.len() == 1 => Ok(list.remove(0)),
-            OneOrList::List(_) => Err(ApiError::invalid_value(
-                param,
-                "exactly one prompt per request is supported",
-            )),
+            OneOrList::One(value) => vec![value],
+            OneOrList::List(list) => list,
         }
     }
 }
@@ -86,14 +81,19 @@ pub struct SglSamplingParams {
     pub common: SamplingFields,
 }
 
-/// Handles `POST /generate`.
+/// Handles `POST /generate`. Several prompts are one engine request each, all checked
+/// before any is submitted.
 pub async fn generate(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let prompt_ids = match (body.text, body.input_ids) {
-        (Some(text), None) => state.encode(&text.single("text")?, true)?,
-        (None, Some(ids)) => ids.single("input_ids")?,
+    let prompts: Vec<Vec<u32>> = match (body.text, body.input_ids) {
+        (Some(text), None) => text
+            .into_list()
+            .iter()
+            .map(|text| state.encode(text, true))
+            .collect::<Result<_, _>>()?,
+        (None, Some(ids)) => ids.into_list(),
         _ => {
             return Err(ApiError::invalid_value(
                 "text",
@@ -101,7 +101,7 @@ pub async fn generate(
             ));
         }
     };
-    if prompt_ids.is_empty() {
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ApiError::invalid_value("text", "prompt must not be empty"));
     }
     let sampling = &body.sampling_params;
@@ -112,23 +112,39 @@ pub async fn generate(
     let logprobs = body
         .return_logprob
         .then(|| body.top_logprobs_num.unwrap_or(0));
-    let limits = state.prompt_limits(prompt_ids.len(), Some(DEFAULT_MAX_NEW_TOKENS), "text");
-    let params = build_params(&fields, sampling.max_new_tokens, logprobs, &limits)?;
-    let max_tokens = params.max_tokens;
-    let n_prompt_tokens = prompt_ids.len();
-    let mut events = state.engine.submit(GenerateRequest {
-        prompt_ids,
-        params,
-        n,
-    })?;
+    let mut requests = Vec::with_capacity(prompts.len());
+    for prompt_ids in prompts {
+        let limits = state.prompt_limits(prompt_ids.len(), Some(DEFAULT_MAX_NEW_TOKENS), "text");
+        let params = build_params(&fields, sampling.max_new_tokens, logprobs, &limits)?;
+        requests.push(GenerateRequest {
+            prompt_ids,
+            params,
+            n,
+        });
+    }
+    let max_tokens = requests.iter().map(|r| r.params.max_tokens).max();
+    let n_prompt_tokens = requests.iter().map(|r| r.prompt_ids.len()).sum();
+    let n_outputs = requests.len() * n;
+    let mut streams = Vec::with_capacity(requests.len());
+    for request in requests {
+        // An error here drops the streams already submitted, which aborts them.
+        streams.push(state.engine.submit(request)?);
+    }
 
-    let id = format!("{}", events.id());
-    let mut tracker = RequestTracker::new(state.clone(), &id, n_prompt_tokens, max_tokens, n);
+    let id = format!("{}", streams[0].id());
+    let mut tracker = RequestTracker::new(
+        state.clone(),
+        &id,
+        n_prompt_tokens,
+        max_tokens.unwrap_or_default(),
+        n_outputs,
+    );
     let mut writer = GenerateWriter {
         id,
         want_logprobs: logprobs.is_some(),
-        outputs: (0..n).map(|_| Output::default()).collect(),
+        outputs: (0..n_outputs).map(|_| Output::default()).collect(),
     };
+    let mut events = merge(streams, n);
     if body.stream {
         return Ok(sse_response(events, writer, tracker));
     }
@@ -136,8 +152,9 @@ pub async fn generate(
         writer.apply(event);
     })
     .await?;
-    let mut results: Vec<GenerateResult> = (0..n).map(|index| writer.result(index)).collect();
-    if n == 1 {
+    let mut results: Vec<GenerateResult> =
+        (0..n_outputs).map(|index| writer.result(index)).collect();
+    if n_outputs == 1 {
         return Ok(Json(results.remove(0)).into_response());
     }
     Ok(Json(results).into_response())
@@ -157,7 +174,7 @@ struct Output {
 /// One sequence's result (or its state so far, in a streamed event).
 #[derive(Debug, Serialize)]
 pub struct GenerateResult {
-    /// Which of the `n` sequences (streamed events and `n > 1` only).
+    /// Which output (`prompt_index * n + sample`), when there are several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
     /// The whole output text so far.
