@@ -21,6 +21,22 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
             *d = s.to_f32();
         }
     }
+    /// The row itself when it is already f32 (no copy needed).
+    #[inline]
+    fn as_f32(_src: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// The row as f32: itself if it is f32, else widened into `buf`.
+    #[inline]
+    fn row_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        match Self::as_f32(src) {
+            Some(row) => row,
+            None => {
+                Self::load_row(src, buf);
+                buf
+            }
+        }
+    }
 }
 
 impl Elem for f32 {
@@ -38,6 +54,10 @@ impl Elem for f32 {
     #[inline]
     fn load_row(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        Some(src)
     }
 }
 

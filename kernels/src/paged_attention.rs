@@ -423,9 +423,9 @@ fn attend_group<Q: Elem, C: Elem>(
     row.resize(head_dim, 0.0);
 
     for_each_key_row(k, geometry, item, |key, k_row| {
-        C::load_row(k_row, row);
+        let k_row = C::row_f32(k_row, row);
         for (h, query) in queries.chunks_exact(head_dim).enumerate() {
-            scores[h * n_keys + key] = dot(query, row);
+            scores[h * n_keys + key] = dot(query, k_row);
         }
     });
 
@@ -446,9 +446,9 @@ fn attend_group<Q: Elem, C: Elem>(
     acc.clear();
     acc.resize(group * head_dim, 0.0);
     for_each_key_row(v, geometry, item, |key, v_row| {
-        C::load_row(v_row, row);
+        let v_row = C::row_f32(v_row, row);
         for (h, acc_h) in acc.chunks_exact_mut(head_dim).enumerate() {
-            axpy(scores[h * n_keys + key], row, acc_h);
+            axpy(scores[h * n_keys + key], v_row, acc_h);
         }
     });
     for ((out_h, acc_h), inv_sum) in out
