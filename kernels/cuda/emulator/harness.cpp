@@ -261,6 +261,10 @@ int main() {
   run_attention<__half, __half>(cases[3], seed++);
   run_attention<float, __nv_bfloat16>(cases[1], seed++);
   run_attention<__nv_bfloat16, float>(cases[5], seed++);
+  // The 12 GB mode: Llama-8B's heads (32 of 128 dims over 8 KV heads) with quantized
+  // weights, so f32 activations over a bf16 KV cache.
+  run_attention<float, __nv_bfloat16>(
+      {"llama-8b heads, page 16, mixed batch", 128, 2, 4, 16, 8, mixed}, seed++);
 
   AttentionCase bad = cases[0];
   bad.name = "pages outside the pool give NaN, others unaffected";
