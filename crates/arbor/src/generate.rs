@@ -19,7 +19,7 @@ use arbor_engine::{
 use arbor_models::{ChatMessage, RenderOptions};
 use serde_json::{Value, json};
 
-use crate::serve::{kv_budget, parse_device, parse_kv_memory};
+use crate::serve::{chunked_prefill_size, kv_budget, parse_device, parse_kv_memory};
 
 /// Arguments of `arbor generate`.
 #[derive(clap::Args, Debug)]
@@ -212,6 +212,7 @@ fn load_engine(args: &GenerateArgs) -> anyhow::Result<Engine> {
     let config = EngineConfig {
         page_size: args.page_size,
         kv_cache: kv_budget(args.kv_cache_memory, args.device),
+        chunked_prefill_size: chunked_prefill_size(None, args.device),
         max_running_requests: args.max_running_requests,
         disable_radix_cache: args.disable_radix_cache,
         ..EngineConfig::default()

@@ -65,9 +65,10 @@ pub struct ServeArgs {
     pub max_batched_tokens: usize,
 
     /// Most prompt tokens one sequence prefills per step; longer prompts are prefilled
-    /// in chunks.
-    #[arg(long, default_value_t = 2048)]
-    pub chunked_prefill_size: usize,
+    /// in chunks. Default: 512 on the CPU, 2048 on CUDA (see BENCHMARKS.md: on two CPU
+    /// cores 512 beat 2048 on throughput, time per output token and long prefills).
+    #[arg(long)]
+    pub chunked_prefill_size: Option<usize>,
 
     /// Token slots per KV-cache page.
     #[arg(long, default_value_t = 16)]
@@ -196,11 +197,21 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
         kv_cache: kv_budget(args.kv_cache_memory, args.device),
         max_running_requests: args.max_running_requests,
         max_batched_tokens: args.max_batched_tokens,
-        chunked_prefill_size: args.chunked_prefill_size,
+        chunked_prefill_size: chunked_prefill_size(args.chunked_prefill_size, args.device),
         max_waiting_requests: args.max_waiting_requests,
         disable_radix_cache: args.disable_radix_cache,
         schedule_policy: args.schedule_policy,
         max_context_tokens: args.max_context_tokens,
+    }
+}
+
+/// `--chunked-prefill-size`, or its default for `device`: 512 on the CPU, where smaller
+/// chunks keep activations in cache and decode steps short, 2048 on CUDA.
+pub fn chunked_prefill_size(given: Option<usize>, device: ModelDevice) -> usize {
+    match (given, device) {
+        (Some(size), _) => size,
+        (None, ModelDevice::Cpu) => 512,
+        (None, ModelDevice::Cuda(_)) => 2048,
     }
 }
 
