@@ -7,13 +7,17 @@
 //! which drops the streams, which abort their requests and free their pages at the
 //! engine's next step.
 
-use arbor_engine::{Event, RequestStream};
+use std::sync::Arc;
+
+use arbor_engine::{Event, GenerateRequest, RequestId, RequestStream};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
 use crate::error::ApiError;
 use crate::sse;
+use crate::state::AppState;
 use crate::track::RequestTracker;
 
 /// Turns engine events into SSE frames in one route's wire format.
@@ -73,6 +77,50 @@ pub async fn collect<S: EventStream>(
     }
 }
 
+/// A client request as submitted to the engine: its events (of every prompt, merged),
+/// its response id, and the tracker that logs and counts it.
+pub struct Submitted {
+    /// Events of every sequence, numbered `prompt_index * n + index`.
+    pub events: BoxStream<'static, Event>,
+    /// The response id, made from the first engine request's id.
+    pub id: String,
+    /// Follows every sequence of every prompt.
+    pub tracker: RequestTracker,
+}
+
+/// Submits one engine request per prompt (`requests`, checked already and not empty,
+/// all with the same `n`) and tracks them as one client request whose id
+/// `response_id` makes from the first one's. If a submit fails, the streams already
+/// submitted are dropped, which aborts them.
+pub fn submit_all(
+    state: &Arc<AppState>,
+    requests: Vec<GenerateRequest>,
+    response_id: impl FnOnce(RequestId) -> String,
+) -> Result<Submitted, ApiError> {
+    let n = requests.first().map_or(1, |r| r.n);
+    let max_tokens = requests.iter().map(|r| r.params.max_tokens).max();
+    let n_prompt_tokens = requests.iter().map(|r| r.prompt_ids.len()).sum();
+    let n_sequences = requests.len() * n;
+    let mut streams = Vec::with_capacity(requests.len());
+    for request in requests {
+        streams.push(state.engine.submit(request)?);
+    }
+    let first = streams.first().expect("at least one prompt").id();
+    let id = response_id(first);
+    let tracker = RequestTracker::new(
+        state.clone(),
+        &id,
+        n_prompt_tokens,
+        max_tokens.unwrap_or_default(),
+        n_sequences,
+    );
+    Ok(Submitted {
+        events: merge(streams, n),
+        id,
+        tracker,
+    })
+}
+
 /// What the drivers read: engine events of one request, or of several merged.
 pub trait EventStream: Stream<Item = Event> + Send + Unpin + 'static {}
 
@@ -81,7 +129,7 @@ impl<S: Stream<Item = Event> + Send + Unpin + 'static> EventStream for S {}
 /// The events of several requests with `n` sequences each, as one stream: the events
 /// of `streams[p]` are renumbered `p * n + index`, as OpenAI numbers the choices of a
 /// batched completion. Events arrive as each request produces them.
-pub fn merge(streams: Vec<RequestStream>, n: usize) -> impl EventStream {
+pub fn merge(streams: Vec<RequestStream>, n: usize) -> BoxStream<'static, Event> {
     let renumbered = streams.into_iter().enumerate().map(move |(p, stream)| {
         stream.map(move |mut event| {
             match &mut event {
@@ -90,7 +138,7 @@ pub fn merge(streams: Vec<RequestStream>, n: usize) -> impl EventStream {
             event
         })
     });
-    futures::stream::select_all(renumbered)
+    futures::stream::select_all(renumbered).boxed()
 }
 
 struct Driver<S, W> {

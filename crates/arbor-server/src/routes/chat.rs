@@ -26,8 +26,7 @@ use crate::openai::{
 use crate::reasoning::{ReasoningDelta, ReasoningParser, ReasoningParserKind};
 use crate::sse;
 use crate::state::{AppState, unix_now};
-use crate::stream::{ChunkWriter, collect, sse_response};
-use crate::track::RequestTracker;
+use crate::stream::{ChunkWriter, Submitted, collect, sse_response, submit_all};
 
 /// Handles `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -51,16 +50,21 @@ pub async fn chat_completions(
     let logprobs = request.engine_logprobs()?;
     let limits = state.prompt_limits(prompt_ids.len(), None, "messages");
     let params = build_params(&request.sampling, request.max_tokens(), logprobs, &limits)?;
-    let max_tokens = params.max_tokens;
-    let n_prompt_tokens = prompt_ids.len();
-    let mut events = state.engine.submit(GenerateRequest {
+    let requests = vec![GenerateRequest {
         prompt_ids,
         params,
         n,
+    }];
+    let Submitted {
+        mut events,
+        id,
+        mut tracker,
+    } = submit_all(&state, requests, |first| {
+        state.response_id("chatcmpl", first)
     })?;
 
     let meta = ChatMeta {
-        id: state.response_id("chatcmpl", events.id()),
+        id,
         created,
         model: state.model_name().to_string(),
         want_logprobs: logprobs.is_some(),
@@ -69,7 +73,6 @@ pub async fn chat_completions(
             .as_ref()
             .is_some_and(|o| o.include_usage),
     };
-    let mut tracker = RequestTracker::new(state.clone(), &meta.id, n_prompt_tokens, max_tokens, n);
     let choices = (0..n)
         .map(|_| ChoiceState::new(state.config.reasoning_parser))
         .collect();

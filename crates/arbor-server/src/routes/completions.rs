@@ -20,8 +20,7 @@ use crate::openai::{
 };
 use crate::sse;
 use crate::state::{AppState, unix_now};
-use crate::stream::{ChunkWriter, collect, merge, sse_response};
-use crate::track::RequestTracker;
+use crate::stream::{ChunkWriter, Submitted, collect, sse_response, submit_all};
 
 /// Handles `POST /v1/completions`. A list of prompts is one engine request per prompt,
 /// all submitted before any output is read; their choices are numbered prompt by
@@ -65,30 +64,22 @@ pub async fn completions(
         prepared.push((prompt_ids, prompt_text, params));
     }
 
-    let max_tokens = prepared.iter().map(|(_, _, p)| p.max_tokens).max();
-    let n_prompt_tokens = prepared.iter().map(|(ids, _, _)| ids.len()).sum();
-    let n_prompts = prepared.len();
-    let mut streams = Vec::with_capacity(n_prompts);
-    let mut choices = Vec::with_capacity(n_prompts * n);
+    let mut requests = Vec::with_capacity(prepared.len());
+    let mut choices = Vec::with_capacity(prepared.len() * n);
     for (prompt_ids, prompt_text, params) in prepared {
-        // An error here drops the streams already submitted, which aborts them.
-        streams.push(state.engine.submit(GenerateRequest {
+        requests.push(GenerateRequest {
             prompt_ids,
             params,
             n,
-        })?);
+        });
         let echo = request.echo.then_some(prompt_text);
         choices.extend((0..n).map(|_| ChoiceState::new(echo.clone())));
     }
-
-    let id = state.response_id("cmpl", streams[0].id());
-    let mut tracker = RequestTracker::new(
-        state.clone(),
-        &id,
-        n_prompt_tokens,
-        max_tokens.unwrap_or_default(),
-        n_prompts * n,
-    );
+    let Submitted {
+        mut events,
+        id,
+        mut tracker,
+    } = submit_all(&state, requests, |first| state.response_id("cmpl", first))?;
     let mut writer = CompletionWriter {
         id,
         created,
@@ -101,7 +92,6 @@ pub async fn completions(
         n,
         choices,
     };
-    let mut events = merge(streams, n);
     if request.stream {
         return Ok(sse_response(events, writer, tracker));
     }

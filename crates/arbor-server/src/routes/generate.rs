@@ -20,8 +20,7 @@ use crate::json::ApiJson;
 use crate::openai::{SamplingFields, build_params, check_n};
 use crate::sse;
 use crate::state::AppState;
-use crate::stream::{ChunkWriter, collect, merge, sse_response};
-use crate::track::RequestTracker;
+use crate::stream::{ChunkWriter, Submitted, collect, sse_response, submit_all};
 
 /// New tokens of a `/generate` request that sets no `max_new_tokens`, as in SGLang.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 128;
@@ -122,29 +121,17 @@ pub async fn generate(
             n,
         });
     }
-    let max_tokens = requests.iter().map(|r| r.params.max_tokens).max();
-    let n_prompt_tokens = requests.iter().map(|r| r.prompt_ids.len()).sum();
     let n_outputs = requests.len() * n;
-    let mut streams = Vec::with_capacity(requests.len());
-    for request in requests {
-        // An error here drops the streams already submitted, which aborts them.
-        streams.push(state.engine.submit(request)?);
-    }
-
-    let id = format!("{}", streams[0].id());
-    let mut tracker = RequestTracker::new(
-        state.clone(),
-        &id,
-        n_prompt_tokens,
-        max_tokens.unwrap_or_default(),
-        n_outputs,
-    );
+    let Submitted {
+        mut events,
+        id,
+        mut tracker,
+    } = submit_all(&state, requests, |first| first.to_string())?;
     let mut writer = GenerateWriter {
         id,
         want_logprobs: logprobs.is_some(),
         outputs: (0..n_outputs).map(|_| Output::default()).collect(),
     };
-    let mut events = merge(streams, n);
     if body.stream {
         return Ok(sse_response(events, writer, tracker));
     }
