@@ -10,7 +10,7 @@ use candle_core::Device;
 
 use crate::api::{EngineConfig, KvBudget, LoadOptions};
 use crate::footprint::{ModelFootprint, device_memory};
-use crate::plan::{MemoryPlan, PlanRequest, RUNTIME_RESERVE_BYTES, WeightFormat};
+use crate::plan::{Gib, MemoryPlan, PlanRequest, RUNTIME_RESERVE_BYTES, WeightFormat};
 
 /// The plan for the model at `path` on `device`; `None` on the CPU, where the pool is
 /// sized from the budget alone.
@@ -26,10 +26,8 @@ pub(crate) fn plan_for_device(
     let label = device_label(device);
     let (free, total) = device_memory(device)
         .with_context(|| format!("the CUDA driver did not report the memory of {label}"))?;
-    let footprint = ModelFootprint::from_path(path, load.dtype, load.kv_cache_dtype, true)
-        .with_context(|| format!("cannot plan memory for {}", path.display()))?;
-    let plan = plan_against(&footprint, config, total, free)
-        .with_context(|| format!("{} does not fit on {label}", path.display()))?;
+    let (footprint, plan) = plan_model(path, load, config, total, free)
+        .with_context(|| format!("cannot start on {label}"))?;
     let gib = |bytes: u64| (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
     tracing::info!(
         device = %label,
@@ -45,6 +43,23 @@ pub(crate) fn plan_for_device(
         "memory plan"
     );
     Ok(Some(plan))
+}
+
+/// Plans the model at `path`, loaded as `load` says with `config`'s batch limits and KV
+/// budget, on a GPU of `total` bytes with `free` of them free, reading only its
+/// `config.json` or GGUF header. `arbor plan` asks this for any GPU size on any machine.
+pub fn plan_model(
+    path: &Path,
+    load: &LoadOptions,
+    config: &EngineConfig,
+    total: u64,
+    free: u64,
+) -> anyhow::Result<(ModelFootprint, MemoryPlan)> {
+    let footprint = ModelFootprint::from_path(path, load.dtype, load.kv_cache_dtype, true)
+        .with_context(|| format!("cannot plan memory for {}", path.display()))?;
+    let plan = plan_against(&footprint, config, total, free)
+        .with_context(|| format!("{} does not fit in {}", path.display(), Gib(total)))?;
+    Ok((footprint, plan))
 }
 
 /// Plans `footprint` on a device of `total` bytes with `free` of them free now: the plan

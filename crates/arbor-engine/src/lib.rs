@@ -57,6 +57,7 @@ pub use api::*;
 pub use candle_runner::{CandleRunner, open_device};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use core::{EngineCore, StartOptions, StepReport};
+pub use device_plan::plan_model;
 pub use engine::{Engine, RequestStream};
 pub use footprint::{ModelFootprint, device_memory, kv_cache_dtype};
 pub use plan::{

@@ -1,8 +1,10 @@
 //! The `arbor` command line: `serve` runs the OpenAI-compatible server, `generate`
-//! checks a model by hand, `bench` measures any OpenAI-compatible server.
+//! checks a model by hand, `bench` measures any OpenAI-compatible server, `plan` says
+//! how a model would fit a GPU.
 
 mod bench;
 mod generate;
+mod plan;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Benchmark an OpenAI-compatible server.
     Bench(Box<bench::BenchArgs>),
+    /// Plan a model's GPU memory (weights, workspace, KV tokens) without a GPU.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Plan(args) => plan::run(args),
     }
 }
