@@ -5,7 +5,9 @@ Two parts, both through the `arbor` binary built with `--features cuda`:
 
 1. fixtures: the tiny random models of tests/fixtures on CUDA and on the CPU through
    `arbor generate`: greedy ids must agree with each other and, in f32, with the
-   `greedy_16` that transformers produced; bf16 agreement is reported.
+   `greedy_16` that transformers produced; bf16 agreement is reported. Then the 12 GB
+   mode's path: tiny-qwen2 as a Q8_0 GGUF (written here by tiny_gguf.py) with a bf16
+   KV cache, agreement reported.
 2. throughput: random-weight models in the real DeepSeek-R1-Distill-Qwen-7B and
    Llama-8B configurations (tests/fixtures/models.json), generated here with
    transformers (no downloads), at batch 1, 16, 64 and 256: prefill tokens/s, decode
@@ -117,12 +119,12 @@ def results_and_stats(objects):
 # ---------------------------------------------------------------- part 1: fixtures
 
 
-def fixture_ids(binary, model_dir, cases, dtype, device, work):
+def fixture_ids(binary, model_dir, cases, dtype, device, work, extra=()):
     """Greedy 16 ids per case of one tiny model, all cases in one batched run."""
     path = os.path.join(work, f"{os.path.basename(model_dir)}-{dtype}-{device}.jsonl")
     write_prompts(path, [c["prompt_ids"] for c in cases], 16)
     flags = ["--prompts-file", path, "--max-tokens", "16", "--temperature", "0",
-             "--ignore-eos", "--dtype", dtype, "--device", device]
+             "--ignore-eos", "--dtype", dtype, "--device", device] + list(extra)
     results, _ = results_and_stats(run_generate(binary, model_dir, flags, 120))
     if len(results) != len(cases):
         raise CheckError(f"{model_dir}: {len(results)} results for {len(cases)} prompts")
@@ -173,6 +175,32 @@ def check_fixtures(binary, work, report, device="cuda"):
                 log(f"  {name} case {idx} {dtype}: cuda=cpu for {agree}/16 tokens, "
                     f"cuda=transformers for {ref}/16{'' if passed else '  FAIL'}")
     return ok
+
+
+def check_gguf(binary, work, report, device="cuda"):
+    """Part 1b, the 12 GB mode's path: tiny-qwen2 written as a Q8_0 GGUF here
+    (scripts/tiny_gguf.py), quantized matmuls with f32 activations over a bf16 KV cache,
+    on the device and on the CPU. Agreement is reported (the device's quantized matmul
+    may round differently); a run that fails fails the check."""
+    import tiny_gguf
+
+    model_dir = os.path.join(FIXTURES, "tiny-qwen2")
+    with open(os.path.join(model_dir, "reference.json")) as f:
+        cases = json.load(f)["cases"]
+    path = os.path.join(work, "tiny-qwen2.q8_0.gguf")
+    tiny_gguf.write(model_dir, path)
+    extra = ["--kv-cache-dtype", "bf16"]
+    dev = fixture_ids(binary, path, cases, "auto", device, work, extra)
+    cpu = fixture_ids(binary, path, cases, "auto", "cpu", work, extra)
+    for idx, case in enumerate(cases):
+        agree = common_prefix(dev[idx], cpu[idx])
+        ref = common_prefix(dev[idx], case["greedy_16"])
+        report["fixtures"].append({"model": "tiny-qwen2 q8_0 gguf", "case": idx,
+                                   "dtype": "q8_0, bf16 kv", "cuda_vs_cpu_tokens": agree,
+                                   "cuda_vs_transformers_tokens": ref})
+        log(f"  tiny-qwen2 Q8_0 GGUF case {idx}, bf16 KV: {device}=cpu for {agree}/16 "
+            f"tokens, {device}=transformers for {ref}/16")
+    return True
 
 
 # -------------------------------------------------------------- part 2: throughput
@@ -381,6 +409,7 @@ def cmd_run(args):
     try:
         if not check_fixtures(args.bin, work, report, args.device):
             failed.append("fixtures")
+        check_gguf(args.bin, work, report, args.device)
     except CheckError as err:
         log(f"  FAILED: {err}")
         failed.append("fixtures")
