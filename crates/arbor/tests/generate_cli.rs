@@ -145,7 +145,7 @@ fn a_bf16_kv_cache_doubles_the_tokens_a_budget_holds() {
     assert_eq!(f32_tokens, (64 << 20) / 512);
     assert_eq!(bf16_tokens, 2 * f32_tokens);
 
-    let out = arbor(&[
+    let stderr = arbor_fails(&[
         "generate",
         "--model",
         path_str(&model),
@@ -154,22 +154,18 @@ fn a_bf16_kv_cache_doubles_the_tokens_a_budget_holds() {
         "--kv-cache-dtype",
         "fp8",
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown dtype \"fp8\""), "{stderr}");
 }
 
 #[test]
 fn a_missing_model_fails_with_its_path_in_the_message() {
-    let out = arbor(&[
+    let stderr = arbor_fails(&[
         "generate",
         "--model",
         "/no/such/model-dir",
         "--prompt-ids",
         "1",
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("/no/such/model-dir") && stderr.contains("does not exist"),
         "{stderr}"
@@ -183,15 +179,13 @@ fn a_bad_prompts_file_line_fails_naming_the_line() {
         "bad.jsonl",
         "{\"prompt_ids\": [1, 2]}\n\n{\"prompt_ids\": \"1 2\"}\n",
     );
-    let out = arbor(&[
+    let stderr = arbor_fails(&[
         "generate",
         "--model",
         path_str(&model),
         "--prompts-file",
         path_str(&file),
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
     assert!(
         stderr.contains("`prompt_ids` must be an array of token ids"),
@@ -216,9 +210,7 @@ fn a_bad_prompts_file_line_fails_naming_the_line() {
 #[test]
 fn a_text_prompt_on_a_model_without_tokenizer_asks_for_token_ids() {
     let model = fixture("tiny-qwen2");
-    let out = arbor(&["generate", "--model", path_str(&model), "--prompt", "hello"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = arbor_fails(&["generate", "--model", path_str(&model), "--prompt", "hello"]);
     assert!(
         stderr.contains("no tokenizer") && stderr.contains("--prompt-ids"),
         "{stderr}"
@@ -317,6 +309,13 @@ fn smollm2_prompts_file_answers_every_reference_case_at_once() {
         .map(|case| ids(&case["greedy_32_ids"]).len())
         .sum();
     assert_eq!(stats["output_tokens"], n_output);
+}
+
+/// Runs the binary, which must fail; returns its stderr.
+fn arbor_fails(args: &[&str]) -> String {
+    let out = arbor(args);
+    assert!(!out.status.success(), "arbor {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Runs the binary; RUST_BACKTRACE is cleared so that stderr holds only the message.

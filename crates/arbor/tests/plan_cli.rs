@@ -21,6 +21,13 @@ fn arbor_plan(args: &[&str]) -> Output {
         .expect("the arbor binary runs")
 }
 
+/// Runs `arbor plan`, which must fail; returns its stderr.
+fn plan_fails(args: &[&str]) -> String {
+    let out = arbor_plan(args);
+    assert!(!out.status.success(), "arbor plan {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn plan_json(model: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--model", model.to_str().unwrap(), "--json"];
     all.extend(args);
@@ -93,14 +100,10 @@ fn a_quantized_gguf_keeps_its_kv_in_bf16_on_a_12_gb_card() {
 #[test]
 fn a_model_that_does_not_fit_is_refused_with_the_sizes() {
     let model = fixture("tiny-qwen2");
-    let out = arbor_plan(&["--model", model.to_str().unwrap(), "--gpu-memory", "512MiB"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = plan_fails(&["--model", model.to_str().unwrap(), "--gpu-memory", "512MiB"]);
     assert!(stderr.contains("does not fit in 0.50 GiB"), "{stderr}");
     assert!(stderr.contains("activation workspace"), "{stderr}");
 
-    let out = arbor_plan(&["--model", model.to_str().unwrap(), "--gpu-memory", "0.5"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = plan_fails(&["--model", model.to_str().unwrap(), "--gpu-memory", "0.5"]);
     assert!(stderr.contains("give bytes, such as 80GiB"), "{stderr}");
 }
