@@ -33,7 +33,7 @@ fi
 model=${ARBOR_SMOLLM2_GGUF:-$(./scripts/fetch-smollm2.sh)}
 step "cargo build -p arbor"
 cargo build --quiet -p arbor
-arbor=target/debug/arbor
+arbor=${CARGO_TARGET_DIR:-target}/debug/arbor
 
 logs=$(mktemp -d)
 pids=()

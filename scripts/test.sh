@@ -25,7 +25,7 @@ if [ -x scripts/test-openai.sh ]; then
 fi
 
 step "dry run of the GPU check script on the CPU (keeps scripts/gpu_check.py working)"
-python3 scripts/gpu_check.py run --bin target/debug/arbor --device cpu \
+python3 scripts/gpu_check.py run --bin "${CARGO_TARGET_DIR:-target}/debug/arbor" --device cpu \
   --out "$(mktemp -d)" --budget-s 300
 
 if [ -z "${ARBOR_SKIP_CUDA_CHECK:-}" ] && [ -x scripts/check-cuda.sh ]; then
