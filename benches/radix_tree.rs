@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use arbor_cache::{PagePool, RadixTree};
+use arbor_engine::testing::XorShift;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Tokens in the longest prompt and in each base conversation.
@@ -21,18 +22,6 @@ const TREE_TOKENS: usize = 1_000_000;
 /// New tokens inserted, and evicted, per iteration of the insert and evict benches.
 const CHURN_TOKENS: usize = 2048;
 
-/// A deterministic xorshift generator, so every run builds the same tree.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 /// A pool and a tree of about `TREE_TOKENS` tokens, the sequences inserted into it, and
 /// a source of token ids never used before.
 struct Workload {
@@ -40,7 +29,7 @@ struct Workload {
     tree: RadixTree,
     sequences: Vec<Vec<u32>>,
     next_token: u32,
-    rng: Rng,
+    rng: XorShift,
 }
 
 impl Workload {
@@ -52,7 +41,7 @@ impl Workload {
             tree: RadixTree::new(page_size),
             sequences: Vec::new(),
             next_token: 0,
-            rng: Rng(0x2545_f491_4f6c_dd1d),
+            rng: XorShift(0x2545_f491_4f6c_dd1d),
         };
         for _ in 0..8 {
             let tokens = workload.fresh_tokens(PROMPT_TOKENS);

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arbor_engine::parts;
-use arbor_engine::testing::FakeModel;
+use arbor_engine::testing::{FakeModel, XorShift};
 use arbor_engine::{
     EngineConfig, EngineCore, Event, ForwardBatch, GenerateRequest, KvBudget, Logits, ModelInfo,
     ModelRunner, RequestId, RunnerError, SamplingParams, SchedulePolicy, StartOptions,
@@ -43,20 +43,9 @@ const N_SYSTEM_PROMPTS: usize = 16;
 const SYSTEM_TOKENS: usize = 512;
 const RUNNING: usize = 256;
 
-/// A deterministic xorshift generator, so every run submits the same requests.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-
-    fn tokens(&mut self, n_tokens: usize) -> Vec<u32> {
-        (0..n_tokens).map(|_| self.below(VOCAB) as u32).collect()
-    }
+/// `n_tokens` ids below `VOCAB` from `rng`.
+fn tokens(rng: &mut XorShift, n_tokens: usize) -> Vec<u32> {
+    (0..n_tokens).map(|_| rng.below(VOCAB) as u32).collect()
 }
 
 /// Wall-clock and thread CPU time, in nanoseconds.
@@ -134,7 +123,7 @@ struct Bench {
     core: EngineCore,
     origin: Instant,
     forward_ns: Arc<[AtomicU64; 2]>,
-    rng: Rng,
+    rng: XorShift,
     systems: Vec<Vec<u32>>,
     // Every request sends its events into one channel; the bench only counts finishes.
     events: UnboundedSender<Event>,
@@ -165,9 +154,9 @@ impl Bench {
             ..StartOptions::default()
         };
         let core = EngineCore::new(Box::new(model), config, options).expect("engine starts");
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let systems = (0..N_SYSTEM_PROMPTS)
-            .map(|_| rng.tokens(SYSTEM_TOKENS))
+            .map(|_| tokens(&mut rng, SYSTEM_TOKENS))
             .collect();
         let (events, receiver) = unbounded_channel();
         Self {
@@ -186,7 +175,7 @@ impl Bench {
         let system = &self.systems[self.rng.below(N_SYSTEM_PROMPTS)];
         let mut prompt = system.clone();
         let n_question = 32 + self.rng.below(97);
-        prompt.extend(self.rng.tokens(n_question));
+        prompt.extend(tokens(&mut self.rng, n_question));
         let params = SamplingParams::greedy(32 + self.rng.below(481));
         self.next_id += 1;
         let request = GenerateRequest::new(prompt, params);
@@ -378,7 +367,7 @@ fn main() {
 fn greedy_pick(n_reps: usize) {
     const ROWS: usize = 256;
     const VOCAB_REAL: usize = 49152;
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = XorShift(0x1234_5678_9abc_def1);
     let logits: Vec<f32> = (0..ROWS * VOCAB_REAL)
         .map(|_| rng.below(1 << 20) as f32 / 1e5)
         .collect();

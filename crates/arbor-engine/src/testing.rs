@@ -16,6 +16,21 @@ use crate::runner::{ForwardBatch, Logits, LogitsWanted, ModelRunner, RunnerError
 /// Seed of the context hash.
 const HASH_SEED: u64 = 0x5eed_a4b0_4000_0001;
 
+/// A deterministic xorshift generator for test and bench workloads: the same seed gives
+/// the same numbers on every run and machine, with no RNG crate. The seed must not be 0.
+#[derive(Clone, Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
 /// How the fake picks its favourite next token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NextToken {

@@ -6,23 +6,11 @@
 
 mod common;
 
-use arbor_engine::testing::FakeModel;
+use arbor_engine::testing::{FakeModel, XorShift};
 use arbor_engine::{RequestId, SamplingParams};
 use common::*;
 
 const VOCAB: u32 = 97;
-
-/// A deterministic xorshift generator for the workload's shape.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
 
 fn churn(page_size: usize, n_pages: usize) {
     let reference = FakeModel::new(VOCAB as usize);
@@ -30,7 +18,7 @@ fn churn(page_size: usize, n_pages: usize) {
     config.max_running_requests = 12;
     config.chunked_prefill_size = 16;
     let mut core = core(FakeModel::new(VOCAB as usize), config);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let system = prompt(3, 20, VOCAB);
     let mut requests = Vec::new();
     let mut aborted = Vec::new();
