@@ -17,26 +17,6 @@ fn load(dir: &Path) -> LoadError {
     Model::load_safetensors_dir(dir, DType::F32, &Device::Cpu).unwrap_err()
 }
 
-/// Asserts that the message names `file` and says each of `problem`.
-fn assert_names(err: &LoadError, file: &Path, problem: &[&str]) {
-    let message = err.to_string();
-    println!("{message}");
-    assert_eq!(
-        message.matches(&file.display().to_string()).count(),
-        1,
-        "{message}"
-    );
-    assert!(
-        message.contains(&file.display().to_string()),
-        "no {} in: {message}",
-        file.display()
-    );
-    for word in problem {
-        assert!(message.contains(word), "no `{word}` in: {message}");
-    }
-    assert!(!message.contains('\n'), "one line expected: {message}");
-}
-
 /// Edits the `config.json` of `dir` as JSON.
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut Value)) {
     let path = dir.join("config.json");

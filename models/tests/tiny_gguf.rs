@@ -132,21 +132,6 @@ fn load(path: &Path) -> LoadError {
     Model::load_gguf(path, WeightMode::Quantized, &Device::Cpu).unwrap_err()
 }
 
-/// Asserts that the message names `file` once, says each of `problem`, on one line.
-fn assert_names(err: &LoadError, file: &Path, problem: &[&str]) {
-    let message = err.to_string();
-    println!("{message}");
-    assert_eq!(
-        message.matches(&file.display().to_string()).count(),
-        1,
-        "{message}"
-    );
-    for word in problem {
-        assert!(message.contains(word), "no `{word}` in: {message}");
-    }
-    assert!(!message.contains('\n'), "one line expected: {message}");
-}
-
 #[test]
 fn qwen2_gguf_written_from_the_tiny_fixture_matches_transformers_logits_in_both_modes() {
     let dir = TempDir::new("tiny-gguf");

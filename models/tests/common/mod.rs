@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arbor_models::{ForwardBatch, KvCache, LogitsWanted, Model, SequenceInput};
+use arbor_models::{ForwardBatch, KvCache, LoadError, LogitsWanted, Model, SequenceInput};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
@@ -234,4 +234,20 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Asserts that a load error's message names `file` once, says each of `problem`, and
+/// fits on one line.
+pub fn assert_names(err: &LoadError, file: &Path, problem: &[&str]) {
+    let message = err.to_string();
+    println!("{message}");
+    assert_eq!(
+        message.matches(&file.display().to_string()).count(),
+        1,
+        "{message}"
+    );
+    for word in problem {
+        assert!(message.contains(word), "no `{word}` in: {message}");
+    }
+    assert!(!message.contains('\n'), "one line expected: {message}");
 }
