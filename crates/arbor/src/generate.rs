@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use arbor_engine::{
-    Engine, EngineConfig, Event, FinishReason, GenerateRequest, KvBudget, LoadOptions, ModelDType,
-    ModelDevice, RequestStream, SamplingParams,
+    Engine, EngineConfig, Event, FinishReason, GenerateRequest, KvBudget, RequestStream,
+    SamplingParams,
 };
 use arbor_models::{ChatMessage, RenderOptions};
 use serde_json::{Value, json};
 
-use crate::serve::{chunked_prefill_size, kv_budget, parse_device, parse_kv_memory};
+use crate::serve::{LoadArgs, chunked_prefill_size, kv_budget, parse_kv_memory};
 
 /// Arguments of `arbor generate`.
 #[derive(clap::Args, Debug)]
@@ -60,19 +60,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Weight type: auto (what the checkpoint stores: GGUF stays quantized, safetensors
-    /// load in f32), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: ModelDType,
-
-    /// KV-cache type: auto (the activations' type, but bf16 for quantized GGUF weights on
-    /// a GPU), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub kv_cache_dtype: ModelDType,
-
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: ModelDevice,
+    /// Weight and KV-cache types and the device.
+    #[command(flatten)]
+    pub load: LoadArgs,
 
     /// Token slots per KV-cache page.
     #[arg(long, default_value_t = 16)]
@@ -203,21 +193,16 @@ fn single_job(input: &PromptInput) -> Job {
 }
 
 fn load_engine(args: &GenerateArgs) -> anyhow::Result<Engine> {
-    let load = LoadOptions {
-        dtype: args.dtype,
-        kv_cache_dtype: args.kv_cache_dtype,
-        device: args.device,
-        ..LoadOptions::default()
-    };
+    let load = args.load.options();
     let config = EngineConfig {
         page_size: args.page_size,
-        kv_cache: kv_budget(args.kv_cache_memory, args.device),
-        chunked_prefill_size: chunked_prefill_size(None, args.device),
+        kv_cache: kv_budget(args.kv_cache_memory, args.load.device),
+        chunked_prefill_size: chunked_prefill_size(None, args.load.device),
         max_running_requests: args.max_running_requests,
         disable_radix_cache: args.disable_radix_cache,
         ..EngineConfig::default()
     };
-    tracing::info!(model = %args.model, dtype = ?args.dtype, "loading model");
+    tracing::info!(model = %args.model, dtype = ?args.load.dtype, "loading model");
     Engine::load(&args.model, &load, config)
         .with_context(|| format!("cannot load model {}", args.model))
 }

@@ -38,19 +38,9 @@ pub struct ServeArgs {
     #[arg(long = "served-model-name", num_args = 1..)]
     pub served_model_name: Vec<String>,
 
-    /// Weight type: auto (what the checkpoint stores: GGUF stays quantized, safetensors
-    /// load in f32), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: ModelDType,
-
-    /// KV-cache type: auto (the activations' type, but bf16 for quantized GGUF weights on
-    /// a GPU), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub kv_cache_dtype: ModelDType,
-
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: ModelDevice,
+    /// Weight and KV-cache types and the device.
+    #[command(flatten)]
+    pub load: LoadArgs,
 
     /// Most sequences in one batch.
     #[arg(long, default_value_t = 256)]
@@ -123,6 +113,36 @@ pub struct ServeArgs {
     pub shutdown_grace_secs: f64,
 }
 
+/// How a model is loaded: the flags `serve` and `generate` share.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// Weight type: auto (what the checkpoint stores: GGUF stays quantized, safetensors
+    /// load in f32), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: ModelDType,
+
+    /// KV-cache type: auto (the activations' type, but bf16 for quantized GGUF weights on
+    /// a GPU), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: ModelDType,
+
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: ModelDevice,
+}
+
+impl LoadArgs {
+    /// The engine's load options for these flags.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: self.dtype,
+            kv_cache_dtype: self.kv_cache_dtype,
+            device: self.device,
+            ..LoadOptions::default()
+        }
+    }
+}
+
 /// Runs `arbor serve`: loads the model, binds, serves until a shutdown signal.
 pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
@@ -136,14 +156,9 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let grace = Duration::try_from_secs_f64(args.shutdown_grace_secs)
         .context("--shutdown-grace-secs must be a non-negative number")?;
 
-    let load = LoadOptions {
-        dtype: args.dtype,
-        kv_cache_dtype: args.kv_cache_dtype,
-        device: args.device,
-        ..LoadOptions::default()
-    };
+    let load = args.load.options();
     let config = engine_config(&args);
-    tracing::info!(model = %args.model, dtype = ?args.dtype, device = ?args.device, "loading model");
+    tracing::info!(model = %args.model, dtype = ?args.load.dtype, device = ?args.load.device, "loading model");
     let engine = Engine::load(&args.model, &load, config)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let chat_template = match &args.chat_template {
@@ -194,10 +209,10 @@ fn init_logging() {
 fn engine_config(args: &ServeArgs) -> EngineConfig {
     EngineConfig {
         page_size: args.page_size,
-        kv_cache: kv_budget(args.kv_cache_memory, args.device),
+        kv_cache: kv_budget(args.kv_cache_memory, args.load.device),
         max_running_requests: args.max_running_requests,
         max_batched_tokens: args.max_batched_tokens,
-        chunked_prefill_size: chunked_prefill_size(args.chunked_prefill_size, args.device),
+        chunked_prefill_size: chunked_prefill_size(args.chunked_prefill_size, args.load.device),
         max_waiting_requests: args.max_waiting_requests,
         disable_radix_cache: args.disable_radix_cache,
         schedule_policy: args.schedule_policy,
@@ -240,9 +255,9 @@ fn log_startup(state: &AppState, args: &ServeArgs, local: SocketAddr) {
     tracing::info!(
         model = %info.name,
         served_model_name = %state.model_name(),
-        dtype = ?args.dtype,
-        kv_cache_dtype = ?args.kv_cache_dtype,
-        device = ?args.device,
+        dtype = ?args.load.dtype,
+        kv_cache_dtype = ?args.load.kv_cache_dtype,
+        device = ?args.load.device,
         max_context_tokens = state.max_context_tokens(),
         kv_capacity_tokens = stats.kv_capacity_tokens,
         n_kv_pages = stats.n_pages_total,
