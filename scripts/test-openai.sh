@@ -7,7 +7,8 @@
 #   ./scripts/test-openai.sh -k streams      # extra arguments go to pytest
 #
 # The main server has an API key, a small KV cache (64 MiB, ~1456 tokens) and a small
-# body limit, so that context, 401 and 413 errors are cheap to trigger. The queue
+# body limit, so that context, 401 and 413 errors are cheap to trigger, and reads
+# hermes tool calls (tests/openai/test_tools.py). The queue
 # server has no key and runs one sequence with one waiting, for the 503 test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,7 +89,7 @@ wait_healthy() {
 main_port=$(free_port)
 queue_port=$(free_port)
 step "starting arbor serve on ports $main_port (main) and $queue_port (queue)"
-start_server main "$main_port" --kv-cache-memory 64MiB --api-key "$API_KEY" \
+start_server main "$main_port" --kv-cache-memory 64MiB --api-key "$API_KEY" --tool-call-parser hermes \
   --max-body-bytes "$MAX_BODY_BYTES"
 wait_healthy main "$main_port"
 start_server queue "$queue_port" --kv-cache-memory 32MiB --max-running-requests 1 \

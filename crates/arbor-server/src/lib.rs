@@ -4,7 +4,8 @@
 //! [`routes`] that parses the body ([`json`]), checks it against the model
 //! ([`openai`], [`state`]), renders and tokenizes the prompt, submits it to the engine,
 //! and turns the engine's events into one JSON response or an SSE stream ([`stream`],
-//! [`sse`]), splitting reasoning from answers on the way ([`reasoning`]). [`track`]
+//! [`sse`]), splitting reasoning from answers and tool calls from text on the way
+//! ([`reasoning`], [`tools`]). [`track`]
 //! logs each finished request and feeds [`metrics`]. Every failure is an
 //! [`ApiError`]: a status plus OpenAI error JSON.
 //!
@@ -22,6 +23,7 @@ pub mod routes;
 pub mod sse;
 pub mod state;
 pub mod stream;
+pub mod tools;
 pub mod track;
 
 use std::future::Future;
@@ -34,6 +36,7 @@ pub use error::ApiError;
 pub use reasoning::ReasoningParserKind;
 pub use routes::router;
 pub use state::{AppState, DEFAULT_MAX_BODY_BYTES, ServerConfig};
+pub use tools::ToolParserKind;
 
 /// How long in-flight requests may run on after a shutdown signal before the engine
 /// aborts them.

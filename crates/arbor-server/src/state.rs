@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 use crate::openai::PromptLimits;
 use crate::reasoning::ReasoningParserKind;
+use crate::tools::ToolParserKind;
 
 /// Default request-body limit: 32 MiB, room for long prompts in JSON.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 << 20;
@@ -31,6 +32,9 @@ pub struct ServerConfig {
     /// Splits chat output into `reasoning_content` and `content`; `None` leaves the
     /// output whole.
     pub reasoning_parser: Option<ReasoningParserKind>,
+    /// Reads tool calls out of chat answers when a request offers tools; `None` leaves
+    /// them in `content`.
+    pub tool_parser: Option<ToolParserKind>,
     /// Largest request body accepted, in bytes; larger gets 413.
     pub max_body_bytes: usize,
     /// Overrides the model's own chat template.
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             served_model_names: Vec::new(),
             api_key: None,
             reasoning_parser: None,
+            tool_parser: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             chat_template: None,
             tokenizer: None,
@@ -159,7 +164,30 @@ impl AppState {
                                the server with --chat-template";
                 ApiError::bad_request(message, Some("messages"), "no_chat_template")
             })?;
-        template.render(messages, options).map_err(|err| match err {
+        let first = template.render(messages, options);
+        let null_content = |m: &Json| m.get("content").is_some_and(Json::is_null);
+        if let (Err(ChatTemplateError::Render(_)), true) =
+            (&first, messages.iter().any(null_content))
+        {
+            // An assistant turn that only called tools has `content: null`. Templates
+            // written for text only concatenate it and fail; they get "" instead.
+            let with_text: Vec<Json> = messages
+                .iter()
+                .map(|m| match null_content(m) {
+                    true => {
+                        let mut m = m.clone();
+                        m["content"] = Json::String(String::new());
+                        m
+                    }
+                    false => m.clone(),
+                })
+                .collect();
+            if let Ok(prompt) = template.render(&with_text, options) {
+                tracing::debug!("chat template rendered with null contents as empty text");
+                return Ok(prompt);
+            }
+        }
+        first.map_err(|err| match err {
             ChatTemplateError::Raised(_) | ChatTemplateError::Input(_) => {
                 ApiError::bad_request(err.to_string(), Some("messages"), "invalid_value")
             }

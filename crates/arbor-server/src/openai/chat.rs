@@ -6,6 +6,7 @@ use serde_json::{Value as Json, json};
 
 use super::common::{SamplingFields, StreamOptions, UsageBody};
 use super::logprobs::ChatLogprobs;
+use super::tools::ToolCallBody;
 use crate::error::ApiError;
 
 /// A chat completion request. Unknown fields are ignored.
@@ -33,10 +34,14 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u64>,
     /// Render the template's opening of the assistant turn (vLLM extension); default true.
     pub add_generation_prompt: Option<bool>,
-    /// Tool schemas, passed to the chat template as `tools`.
-    // Limitation: tool calls in the output are not parsed into `tool_calls`; they stay
-    // in `content` as the model wrote them.
+    /// Tool schemas, passed to the chat template as `tools`; with a tool-call parser
+    /// on, calls in the answer come back as `tool_calls`.
     pub tools: Option<Vec<Json>>,
+    /// `none`, `auto` (the default with tools), `required` or a named function; only
+    /// `none` and `auto` are supported.
+    pub tool_choice: Option<Json>,
+    /// `false` keeps only the first tool call of each choice.
+    pub parallel_tool_calls: Option<bool>,
     /// Extra chat-template variables (vLLM extension), such as `enable_thinking`.
     pub chat_template_kwargs: Option<serde_json::Map<String, Json>>,
     /// Sampling fields shared with text completions.
@@ -196,7 +201,7 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     /// Token logprobs when asked for, else null.
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop`, `length` or `abort`.
+    /// `stop`, `length`, `tool_calls` or `abort`.
     pub finish_reason: String,
     /// The stop string (or token id) that ended the choice, as SGLang reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,6 +221,9 @@ pub struct AssistantMessage {
     /// The same text under the newer field name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// Calls the model made, when a tool-call parser found any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallBody>,
 }
 
 /// One streamed chunk.
@@ -267,6 +275,9 @@ pub struct ChunkDelta {
     /// New reasoning text, newer field name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// Calls completed since the last chunk, each whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallBody>>,
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@ pub mod chat;
 pub mod common;
 pub mod completions;
 pub mod logprobs;
+pub mod tools;
 
 pub use chat::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse};
 pub use common::{PromptLimits, SamplingFields, UsageBody, build_params, check_n};
 pub use completions::{CompletionRequest, CompletionResponse};
 pub use logprobs::{ChatLogprobs, CompletionLogprobs};
+pub use tools::{ToolCallBody, tool_calls_wanted};

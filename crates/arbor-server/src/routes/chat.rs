@@ -1,7 +1,9 @@
 //! `POST /v1/chat/completions`: render the messages with the chat template, tokenize,
 //! submit, then answer with one JSON response or a stream of `chat.completion.chunk`s.
 //! With a reasoning parser on, each choice's text is split into `reasoning_content`
-//! (also sent as `reasoning`) and `content`, the same way in both modes.
+//! (also sent as `reasoning`) and `content`; with a tool-call parser on and tools in the
+//! request, calls in the answer become `tool_calls` (each sent whole when streaming) and
+//! the choice finishes with `tool_calls`. Both modes give the same split.
 
 use std::sync::Arc;
 
@@ -20,13 +22,14 @@ use crate::openai::chat::{
     AssistantMessage, ChatChoice, ChunkChoice, ChunkDelta, template_messages,
 };
 use crate::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, UsageBody,
-    build_params, check_n,
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ToolCallBody,
+    UsageBody, build_params, check_n, tool_calls_wanted,
 };
-use crate::reasoning::{ReasoningDelta, ReasoningParser, ReasoningParserKind};
+use crate::reasoning::{ReasoningParser, ReasoningParserKind};
 use crate::sse;
 use crate::state::{AppState, unix_now};
 use crate::stream::{ChunkWriter, Submitted, collect, sse_response, submit_all};
+use crate::tools::{ToolCall, ToolParser, ToolParserKind};
 
 /// Handles `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -36,6 +39,9 @@ pub async fn chat_completions(
     let created = unix_now();
     state.check_model(request.model.as_deref())?;
     let messages = template_messages(&request.messages)?;
+    let tool_parser = tool_calls_wanted(request.tools.as_deref(), request.tool_choice.as_ref())?
+        .then_some(state.config.tool_parser)
+        .flatten();
     let options = RenderOptions {
         add_generation_prompt: request.add_generation_prompt.unwrap_or(true),
         tools: request.tools.clone(),
@@ -73,8 +79,12 @@ pub async fn chat_completions(
             .as_ref()
             .is_some_and(|o| o.include_usage),
     };
+    let max_calls = match request.parallel_tool_calls {
+        Some(false) => 1,
+        _ => usize::MAX,
+    };
     let choices = (0..n)
-        .map(|_| ChoiceState::new(state.config.reasoning_parser))
+        .map(|_| ChoiceState::new(state.config.reasoning_parser, tool_parser, max_calls))
         .collect();
     let mut writer = ChatWriter { meta, choices };
     if request.stream {
@@ -93,28 +103,50 @@ struct ChatMeta {
     include_usage: bool,
 }
 
-/// One choice's progress: its reasoning split, token counts and, when not streaming,
-/// the text gathered so far.
+/// Text and calls one event released for a choice.
+#[derive(Debug, Default)]
+struct Released {
+    reasoning: String,
+    content: String,
+    calls: Vec<ToolCall>,
+}
+
+/// One choice's progress: its reasoning and tool-call parsers, token counts and, when
+/// not streaming, the text and calls gathered so far.
 struct ChoiceState {
     parser: Option<ReasoningParser>,
+    tools: Option<ToolParser>,
+    /// Calls kept at most (`parallel_tool_calls: false` keeps one).
+    max_calls: usize,
     n_tokens: usize,
     /// Output tokens up to the event that closed the reasoning; `None` while open.
     n_reasoning_tokens: Option<usize>,
     reasoning: String,
     content: String,
+    /// Calls released so far (only kept whole when not streaming).
+    calls: Vec<ToolCall>,
+    n_calls: usize,
     logprobs: Vec<TokenLogprob>,
     finish: Option<(FinishReason, Option<StopMatch>)>,
     usage: Usage,
 }
 
 impl ChoiceState {
-    fn new(parser: Option<ReasoningParserKind>) -> Self {
+    fn new(
+        reasoning: Option<ReasoningParserKind>,
+        tools: Option<ToolParserKind>,
+        max_calls: usize,
+    ) -> Self {
         Self {
-            parser: parser.map(ReasoningParserKind::parser),
+            parser: reasoning.map(ReasoningParserKind::parser),
+            tools: tools.map(ToolParserKind::parser),
+            max_calls,
             n_tokens: 0,
             n_reasoning_tokens: None,
             reasoning: String::new(),
             content: String::new(),
+            calls: Vec::new(),
+            n_calls: 0,
             logprobs: Vec::new(),
             finish: None,
             usage: Usage::default(),
@@ -122,20 +154,20 @@ impl ChoiceState {
     }
 
     /// Splits new text; counts reasoning tokens up to the event that closes the block.
-    fn push(&mut self, text: &str, n_new_tokens: usize) -> ReasoningDelta {
+    fn push(&mut self, text: &str, n_new_tokens: usize) -> Released {
         self.n_tokens += n_new_tokens;
-        let Some(parser) = self.parser.as_mut() else {
-            return ReasoningDelta {
-                reasoning: String::new(),
-                content: text.to_string(),
-            };
+        let (reasoning, content) = match self.parser.as_mut() {
+            None => (String::new(), text.to_string()),
+            Some(parser) => {
+                let was_reasoning = !parser.in_content();
+                let delta = parser.push(text);
+                if was_reasoning && parser.in_content() {
+                    self.n_reasoning_tokens = Some(self.n_tokens);
+                }
+                (delta.reasoning, delta.content)
+            }
         };
-        let was_reasoning = !parser.in_content();
-        let delta = parser.push(text);
-        if was_reasoning && parser.in_content() {
-            self.n_reasoning_tokens = Some(self.n_tokens);
-        }
-        delta
+        self.find_calls(reasoning, &content, false)
     }
 
     fn finish(
@@ -143,13 +175,49 @@ impl ChoiceState {
         reason: FinishReason,
         matched: Option<StopMatch>,
         usage: Usage,
-    ) -> ReasoningDelta {
+    ) -> Released {
         self.finish = Some((reason, matched));
         self.usage = usage;
-        self.parser
+        let rest = self
+            .parser
             .as_mut()
             .map(ReasoningParser::finish)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.find_calls(rest.reasoning, &rest.content, true)
+    }
+
+    /// Runs the answer text through the tool-call parser, if one is on.
+    fn find_calls(&mut self, reasoning: String, content: &str, last: bool) -> Released {
+        let Some(tools) = self.tools.as_mut() else {
+            return Released {
+                reasoning,
+                content: content.to_string(),
+                calls: Vec::new(),
+            };
+        };
+        let mut delta = tools.push(content);
+        if last {
+            let rest = tools.finish();
+            delta.content.push_str(&rest.content);
+            delta.calls.extend(rest.calls);
+        }
+        let room = self.max_calls.saturating_sub(self.n_calls);
+        delta.calls.truncate(room);
+        self.n_calls += delta.calls.len();
+        Released {
+            reasoning,
+            content: delta.content,
+            calls: delta.calls,
+        }
+    }
+
+    /// The reason reported: `tool_calls` when the model stopped after calling tools.
+    fn finish_reason(&self) -> String {
+        match &self.finish {
+            Some((FinishReason::Stop, _)) if self.n_calls > 0 => "tool_calls".to_string(),
+            Some((reason, _)) => reason.to_string(),
+            None => FinishReason::Abort.to_string(),
+        }
     }
 
     /// Reasoning tokens, when a parser runs: an unclosed block counts every token.
@@ -171,18 +239,19 @@ struct ChatWriter {
 impl ChatWriter {
     /// Non-streaming: gathers an event into its choice.
     fn absorb(&mut self, event: Event) {
-        let (index, delta, logprobs) = self.apply(event);
+        let (index, released, logprobs) = self.apply(event);
         let Some(choice) = self.choices.get_mut(index) else {
             return;
         };
-        choice.reasoning.push_str(&delta.reasoning);
-        choice.content.push_str(&delta.content);
+        choice.reasoning.push_str(&released.reasoning);
+        choice.content.push_str(&released.content);
+        choice.calls.extend(released.calls);
         choice.logprobs.extend(logprobs);
     }
 
-    /// Applies an event to its choice; returns the choice, the released text and the
-    /// event's logprobs.
-    fn apply(&mut self, event: Event) -> (usize, ReasoningDelta, Vec<TokenLogprob>) {
+    /// Applies an event to its choice; returns the choice, the released text and calls,
+    /// and the event's logprobs.
+    fn apply(&mut self, event: Event) -> (usize, Released, Vec<TokenLogprob>) {
         match event {
             Event::Token {
                 index,
@@ -191,7 +260,7 @@ impl ChatWriter {
                 logprobs,
             } => match self.choices.get_mut(index) {
                 Some(choice) => (index, choice.push(&text, token_ids.len()), logprobs),
-                None => (index, ReasoningDelta::default(), Vec::new()),
+                None => (index, Released::default(), Vec::new()),
             },
             Event::Finished {
                 index,
@@ -204,9 +273,26 @@ impl ChatWriter {
                     choice.finish(reason, matched_stop, usage),
                     Vec::new(),
                 ),
-                None => (index, ReasoningDelta::default(), Vec::new()),
+                None => (index, Released::default(), Vec::new()),
             },
         }
+    }
+
+    /// The wire form of call `number` of choice `index`; ids are unique per request.
+    fn call_body(
+        &self,
+        index: usize,
+        number: usize,
+        call: ToolCall,
+        streamed: bool,
+    ) -> ToolCallBody {
+        let tail = self
+            .meta
+            .id
+            .rsplit_once("cmpl-")
+            .map_or("", |(_, tail)| tail);
+        let id = format!("call_{}_{index}_{number}", tail.replace('-', ""));
+        ToolCallBody::new(call, id, number, streamed)
     }
 
     fn usage(&self) -> UsageBody {
@@ -218,21 +304,25 @@ impl ChatWriter {
         UsageBody::from_sequences(self.choices.iter().map(|c| &c.usage), reasoning_tokens)
     }
 
-    fn into_response(self) -> ChatCompletionResponse {
+    fn into_response(mut self) -> ChatCompletionResponse {
         let usage = self.usage();
         let want_logprobs = self.meta.want_logprobs;
-        let choices = self
-            .choices
+        let choices = std::mem::take(&mut self.choices)
             .into_iter()
             .enumerate()
-            .map(|(index, choice)| {
-                let (reason, matched) =
-                    choice.finish.clone().unwrap_or((FinishReason::Abort, None));
+            .map(|(index, mut choice)| {
+                let finish_reason = choice.finish_reason();
+                let matched = choice.finish.take().and_then(|(_, matched)| matched);
+                let tool_calls: Vec<ToolCallBody> = std::mem::take(&mut choice.calls)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(number, call)| self.call_body(index, number, call, false))
+                    .collect();
                 let non_empty = |s: String| (!s.is_empty()).then_some(s);
                 let reasoning = non_empty(choice.reasoning);
-                let content = match choice.parser {
-                    Some(_) => non_empty(choice.content),
-                    None => Some(choice.content),
+                let content = match choice.parser.is_some() || !tool_calls.is_empty() {
+                    true => non_empty(choice.content),
+                    false => Some(choice.content),
                 };
                 ChatChoice {
                     index,
@@ -241,9 +331,10 @@ impl ChatWriter {
                         content,
                         reasoning_content: reasoning.clone(),
                         reasoning,
+                        tool_calls,
                     },
                     logprobs: want_logprobs.then(|| ChatLogprobs::from_engine(&choice.logprobs)),
-                    finish_reason: reason.to_string(),
+                    finish_reason,
                     matched_stop: matched_stop_json(matched.as_ref()),
                 }
             })
@@ -268,16 +359,24 @@ impl ChatWriter {
             usage,
         })
     }
-}
 
-fn delta_of(released: ReasoningDelta) -> ChunkDelta {
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    let reasoning = non_empty(released.reasoning);
-    ChunkDelta {
-        role: None,
-        content: non_empty(released.content),
-        reasoning_content: reasoning.clone(),
-        reasoning,
+    /// The delta of released text and calls; calls are numbered after `n_before`.
+    fn delta(&self, index: usize, released: Released, n_before: usize) -> ChunkDelta {
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let reasoning = non_empty(released.reasoning);
+        let calls: Vec<ToolCallBody> = released
+            .calls
+            .into_iter()
+            .enumerate()
+            .map(|(k, call)| self.call_body(index, n_before + k, call, true))
+            .collect();
+        ChunkDelta {
+            role: None,
+            content: non_empty(released.content),
+            reasoning_content: reasoning.clone(),
+            reasoning,
+            tool_calls: (!calls.is_empty()).then_some(calls),
+        }
     }
 }
 
@@ -305,15 +404,22 @@ impl ChunkWriter for ChatWriter {
 
     fn on_event(&mut self, event: Event) -> Vec<Bytes> {
         let finished = matches!(event, Event::Finished { .. });
-        let (index, released, logprobs) = self.apply(event);
-        let Some(choice) = self.choices.get(index) else {
+        let index = match &event {
+            Event::Token { index, .. } | Event::Finished { index, .. } => *index,
+        };
+        let Some(n_before) = self.choices.get(index).map(|c| c.n_calls) else {
             return Vec::new();
         };
-        let delta = delta_of(released);
+        let (index, released, logprobs) = self.apply(event);
+        let delta = self.delta(index, released, n_before);
         if !finished && delta == ChunkDelta::default() && logprobs.is_empty() {
             return Vec::new();
         }
-        let finish = choice.finish.clone().filter(|_| finished);
+        let choice = &self.choices[index];
+        let matched = choice
+            .finish
+            .as_ref()
+            .and_then(|(_, matched)| matched.as_ref());
         let chunk_choice = ChunkChoice {
             index,
             delta,
@@ -321,8 +427,8 @@ impl ChunkWriter for ChatWriter {
                 .meta
                 .want_logprobs
                 .then(|| ChatLogprobs::from_engine(&logprobs)),
-            finish_reason: finish.as_ref().map(|(reason, _)| reason.to_string()),
-            matched_stop: finish.and_then(|(_, matched)| matched_stop_json(matched.as_ref())),
+            finish_reason: finished.then(|| choice.finish_reason()),
+            matched_stop: matched_stop_json(matched.filter(|_| finished)),
         };
         vec![self.chunk(vec![chunk_choice], None)]
     }
@@ -334,3 +440,7 @@ impl ChunkWriter for ChatWriter {
         vec![self.chunk(Vec::new(), Some(self.usage()))]
     }
 }
+
+#[cfg(test)]
+#[path = "chat_tests.rs"]
+mod tests;
