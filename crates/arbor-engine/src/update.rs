@@ -196,11 +196,9 @@ impl EngineCore {
             .get(&seq.request_id)
             .map_or(&[][..], |r| &r.stop_token_ids[..]);
         if past_min && stop_ids.contains(&token_id) {
-            let text = self.flush_text(seq, n_output - 1);
-            return (
-                text,
-                Some((FinishReason::Stop, Some(StopMatch::TokenId(token_id)))),
-            );
+            let (text, matched) = self.flush_text(seq, n_output - 1);
+            let matched = matched.map_or(StopMatch::TokenId(token_id), StopMatch::Text);
+            return (text, Some((FinishReason::Stop, Some(matched))));
         }
 
         let decoded = match &self.decoder {
@@ -228,13 +226,18 @@ impl EngineCore {
         if n_output < seq.params.max_tokens && seq.tokens.len() < limit {
             return (text, None);
         }
-        let tail = self.flush_text(seq, n_output);
-        (text + &tail, Some((FinishReason::Length, None)))
+        let (tail, matched) = self.flush_text(seq, n_output);
+        let ending = match matched {
+            Some(matched) => (FinishReason::Stop, Some(StopMatch::Text(matched))),
+            None => (FinishReason::Length, None),
+        };
+        (text + &tail, Some(ending))
     }
 
     /// Everything still held for the first `n_output` output tokens: incomplete
-    /// characters from the detokenizer and text held back for stop strings.
-    fn flush_text(&self, seq: &mut Sequence, n_output: usize) -> String {
+    /// characters from the detokenizer and text held back for stop strings; and the
+    /// stop string that only this last text completed (one ending in U+FFFD, say).
+    fn flush_text(&self, seq: &mut Sequence, n_output: usize) -> (String, Option<String>) {
         let pending = match &self.decoder {
             Some(decoder) => {
                 let ids = &seq.tokens[seq.n_prompt_tokens..seq.n_prompt_tokens + n_output];
@@ -243,10 +246,8 @@ impl EngineCore {
             None => String::new(),
         };
         match seq.stop_strings.push(&pending) {
-            StopOutcome::Continue(released) => released + &seq.stop_strings.flush(),
-            // Limitation: a stop string completed only by the final flush is cut from
-            // the text, but the sequence still reports the reason it ended with.
-            StopOutcome::Stopped { text, .. } => text,
+            StopOutcome::Continue(released) => (released + &seq.stop_strings.flush(), None),
+            StopOutcome::Stopped { text, matched } => (text, Some(matched)),
         }
     }
 

@@ -340,6 +340,26 @@ fn stop_strings_end_the_text_before_the_match() {
 }
 
 #[test]
+fn a_stop_string_completed_by_the_final_flush_ends_with_stop() {
+    // One output token, 0xDF: a UTF-8 lead byte with no continuation, released as
+    // U+FFFD only when the sequence ends at max_tokens; the stop string matches then.
+    let model = FakeModel::new(256).with_next_token(NextToken::Successor);
+    let mut core = core(model, config(64, 4));
+    let params = SamplingParams {
+        stop_strings: vec!["\u{FFFD}".into()],
+        ..greedy(1)
+    };
+    let mut rx = submit(&mut core, 1, &[0xDE], params);
+    run_to_end(&mut core, 100);
+    let out = collect_one(&mut rx);
+    assert_eq!(out.token_ids, vec![0xDF]);
+    assert_eq!(out.text, "");
+    assert_eq!(out.reason, Some(FinishReason::Stop));
+    assert_eq!(out.matched_stop, Some(StopMatch::Text("\u{FFFD}".into())));
+    assert_no_leak(&core);
+}
+
+#[test]
 fn eos_stops_unless_ignored_and_min_tokens_delays_it() {
     let eos = u32::from(b'e');
     let run = |params: SamplingParams| {
