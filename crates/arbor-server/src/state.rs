@@ -14,6 +14,7 @@ use serde_json::Value as Json;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 use crate::openai::PromptLimits;
+use crate::openai::render::render_messages;
 use crate::reasoning::ReasoningParserKind;
 use crate::tools::ToolParserKind;
 
@@ -164,30 +165,7 @@ impl AppState {
                                the server with --chat-template";
                 ApiError::bad_request(message, Some("messages"), "no_chat_template")
             })?;
-        let first = template.render(messages, options);
-        let null_content = |m: &Json| m.get("content").is_some_and(Json::is_null);
-        if let (Err(ChatTemplateError::Render(_)), true) =
-            (&first, messages.iter().any(null_content))
-        {
-            // An assistant turn that only called tools has `content: null`. Templates
-            // written for text only concatenate it and fail; they get "" instead.
-            let with_text: Vec<Json> = messages
-                .iter()
-                .map(|m| match null_content(m) {
-                    true => {
-                        let mut m = m.clone();
-                        m["content"] = Json::String(String::new());
-                        m
-                    }
-                    false => m.clone(),
-                })
-                .collect();
-            if let Ok(prompt) = template.render(&with_text, options) {
-                tracing::debug!("chat template rendered with null contents as empty text");
-                return Ok(prompt);
-            }
-        }
-        first.map_err(|err| match err {
+        render_messages(template, messages, options).map_err(|err| match err {
             ChatTemplateError::Raised(_) | ChatTemplateError::Input(_) => {
                 ApiError::bad_request(err.to_string(), Some("messages"), "invalid_value")
             }

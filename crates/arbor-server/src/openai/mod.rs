@@ -5,6 +5,7 @@ pub mod chat;
 pub mod common;
 pub mod completions;
 pub mod logprobs;
+pub mod render;
 pub mod tools;
 
 pub use chat::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse};
