@@ -65,6 +65,17 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Leave special tokens (such as `<|im_end|>`) out of the output text.
     pub skip_special_tokens: bool,
+    /// Restrict the output to a format; `None` leaves it free.
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// A format the output must follow, enforced token by token (constrained decoding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputConstraint {
+    /// One JSON object (OpenAI's `response_format: {"type": "json_object"}`): tokens
+    /// that cannot continue one are masked, and the sequence ends with `stop` when the
+    /// object closes. Needs a model with a tokenizer.
+    JsonObject,
 }
 
 impl Default for SamplingParams {
@@ -86,6 +97,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             skip_special_tokens: true,
+            constraint: None,
         }
     }
 }

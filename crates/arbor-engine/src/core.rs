@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arbor_cache::{InvariantError, PageId};
@@ -13,11 +13,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, debug_span};
 
 use crate::api::{
-    EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo, RequestId,
+    EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo,
+    OutputConstraint, RequestId,
 };
 use crate::batch::BatchBuilder;
 use crate::clock::{Clock, SystemClock};
 use crate::detokenizer::Detokenizer;
+use crate::json_mode::{JsonMachine, JsonVocab};
 use crate::kv::KvPages;
 use crate::runner::{ModelRunner, TokenDecoder};
 use crate::sampler::{PenaltyState, SequenceRng, rng_from_seed, uses_penalties};
@@ -103,6 +105,8 @@ pub struct EngineCore {
     next_sequence_id: u64,
     /// Builds each step's batch from the last one.
     batch_builder: BatchBuilder,
+    /// Token texts for JSON mode, decoded on its first use.
+    pub(crate) json_vocab: OnceLock<JsonVocab>,
 }
 
 impl EngineCore {
@@ -139,6 +143,7 @@ impl EngineCore {
             seed_rng: rng_from_seed(seed),
             next_sequence_id: 0,
             batch_builder: BatchBuilder::default(),
+            json_vocab: OnceLock::new(),
         })
     }
 
@@ -166,6 +171,10 @@ impl EngineCore {
         submitted_at: Instant,
     ) -> Result<(), EngineError> {
         validate_request(&request, &self.info, &self.config, self.kv.pool.n_pages())?;
+        if request.params.constraint.is_some() && self.decoder.is_none() {
+            let message = "constrained output (JSON mode) needs a model with a tokenizer";
+            return Err(EngineError::InvalidParams(message.into()));
+        }
         let params = Arc::new(request.params);
         let mut stop_token_ids = params.stop_token_ids.clone();
         if !params.ignore_eos {
@@ -372,6 +381,9 @@ impl EngineCore {
             penalties: uses_penalties(params).then(|| PenaltyState::new(prompt_ids, &[])),
             detokenizer: Detokenizer::new(params.skip_special_tokens),
             stop_strings: StopStrings::new(params.stop_strings.clone()),
+            json: params
+                .constraint
+                .map(|OutputConstraint::JsonObject| JsonMachine::default()),
             cached_hint: 0,
             cached_hint_version: 0,
         }

@@ -41,6 +41,7 @@ mod detokenizer;
 mod device_plan;
 mod engine;
 mod footprint;
+mod json_mode;
 mod kv;
 pub mod plan;
 mod runner;

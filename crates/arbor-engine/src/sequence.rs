@@ -10,6 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::{Event, RequestId, SamplingParams};
 use crate::detokenizer::Detokenizer;
+use crate::json_mode::JsonMachine;
 use crate::sampler::{PenaltyState, SequenceRng};
 use crate::stop::StopStrings;
 
@@ -59,6 +60,8 @@ pub struct Sequence {
     pub detokenizer: Detokenizer,
     /// Stop strings and held-back text.
     pub stop_strings: StopStrings,
+    /// JSON mode's automaton, fed every output token.
+    pub json: Option<JsonMachine>,
     /// Prefix length (tokens) found cached the last time the waiting queue looked; for
     /// the cache-aware admission order.
     pub cached_hint: usize,

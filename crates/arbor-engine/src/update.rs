@@ -9,6 +9,7 @@ use tracing::debug;
 
 use crate::api::{Event, FinishReason, RequestId, StopMatch, TokenLogprob, Usage};
 use crate::core::EngineCore;
+use crate::json_mode::{JsonMachine, JsonVocab};
 use crate::runner::Logits;
 use crate::sampler::{Sampled, argmax, sample};
 use crate::sequence::Sequence;
@@ -137,6 +138,19 @@ impl EngineCore {
             &[]
         };
         let params = &seq.params;
+        let masked = seq.json.as_ref().and_then(|machine| {
+            let vocab = self.json_vocab()?;
+            let mut row = row.to_vec();
+            if vocab.mask(machine, &mut row) {
+                return Some(row);
+            }
+            tracing::warn!(
+                sequence = seq.id.0,
+                "json mode: no token fits; sampling unconstrained"
+            );
+            None
+        });
+        let row = masked.as_deref().unwrap_or(row);
         let plain_greedy = params.temperature == 0.0
             && params.logit_bias.is_empty()
             && params.logprobs.is_none()
@@ -158,6 +172,15 @@ impl EngineCore {
         )
     }
 
+    /// JSON mode's token texts, decoded on first use; `None` without a decoder.
+    fn json_vocab(&self) -> Option<&JsonVocab> {
+        let decoder = self.decoder.as_ref()?;
+        Some(
+            self.json_vocab
+                .get_or_init(|| JsonVocab::new(decoder.as_ref(), self.info.vocab_size)),
+        )
+    }
+
     /// Appends the sampled token, checks stop conditions and builds its event.
     fn append(
         &mut self,
@@ -167,6 +190,13 @@ impl EngineCore {
     ) -> (Event, Option<Ending>) {
         let token_id = sampled.token_id;
         seq.tokens.push(token_id);
+        if let (Some(machine), Some(vocab)) = (seq.json.as_mut(), self.json_vocab.get())
+            && let Some(text) = vocab.text(token_id)
+        {
+            // A token the mask let through always fits; one sampled without a mask
+            // (no token fitted) leaves the machine where it failed.
+            machine.feed(text);
+        }
         if let Some(state) = seq.penalties.as_mut() {
             state.push_output(token_id);
         }
@@ -222,6 +252,14 @@ impl EngineCore {
             decoded
         };
 
+        if seq.json.as_ref().is_some_and(JsonMachine::is_done) {
+            // The object is closed: nothing may follow it.
+            let (tail, matched) = self.flush_text(seq, n_output);
+            return (
+                text + &tail,
+                Some((FinishReason::Stop, matched.map(StopMatch::Text))),
+            );
+        }
         let limit = self.config.max_context_tokens.unwrap_or(usize::MAX);
         if n_output < seq.params.max_tokens && seq.tokens.len() < limit {
             return (text, None);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use arbor_engine::{MAX_TOP_LOGPROBS, SamplingParams, Usage};
+use arbor_engine::{MAX_TOP_LOGPROBS, OutputConstraint, SamplingParams, Usage};
 
 use crate::error::ApiError;
 
@@ -53,6 +53,8 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     /// Leave special tokens out of the text; default true.
     pub skip_special_tokens: Option<bool>,
+    /// `{"type": "text"}` (the default) or `{"type": "json_object"}`.
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// `stop`: a string or an array of strings.
@@ -142,6 +144,7 @@ pub fn build_params(
         skip_special_tokens: fields
             .skip_special_tokens
             .unwrap_or(defaults.skip_special_tokens),
+        constraint: check_response_format(fields.response_format.as_ref())?,
     };
     if params.min_tokens > params.max_tokens {
         return Err(ApiError::invalid_value(
@@ -153,6 +156,30 @@ pub fn build_params(
         ));
     }
     Ok(params)
+}
+
+/// The constraint `response_format` asks for.
+fn check_response_format(
+    format: Option<&serde_json::Value>,
+) -> Result<Option<OutputConstraint>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(serde_json::Value::as_str) {
+        Some("text") => Ok(None),
+        // Limitation: the constraint holds from the first output token, so a reasoning
+        // model cannot think before its JSON (vLLM starts it after `</think>`).
+        Some("json_object") => Ok(Some(OutputConstraint::JsonObject)),
+        // Limitation: no JSON-schema (or regex) grammar yet, only "any JSON object".
+        Some("json_schema") => Err(ApiError::invalid_value(
+            "response_format",
+            "response_format of type \"json_schema\" is not supported; \"json_object\" is",
+        )),
+        _ => Err(ApiError::invalid_value(
+            "response_format",
+            "response_format must be {\"type\": \"text\"} or {\"type\": \"json_object\"}",
+        )),
+    }
 }
 
 /// Checks `n` (sequences per request), default 1.
