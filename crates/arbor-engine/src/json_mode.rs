@@ -115,6 +115,18 @@ impl JsonMachine {
         self.mode == Mode::Done
     }
 
+    /// Inside a string with no escape pending: any text without `"`, `\\` or control
+    /// characters continues it.
+    fn in_plain_string(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Str {
+                escape: Escape::None,
+                ..
+            }
+        )
+    }
+
     /// Feeds `text`; false (leaving the machine in an unspecified state) when some
     /// character cannot continue a JSON object.
     pub fn feed(&mut self, text: &str) -> bool {
@@ -283,20 +295,45 @@ const MASK_CACHE_STATES: usize = 256;
 #[derive(Debug)]
 pub struct JsonVocab {
     texts: Vec<Option<Box<str>>>,
-    allowed: Mutex<HashMap<JsonMachine, Arc<[u32]>>>,
+    /// Tokens that are plain string content: no `"`, `\\` or control characters.
+    plain: Vec<bool>,
+    /// Token ids grouped by their first character: a group whose first character the
+    /// machine rejects is skipped whole.
+    by_first: Vec<(char, Vec<u32>)>,
+    allowed: Mutex<HashMap<JsonMachine, Allowed>>,
 }
 
 impl JsonVocab {
     /// Decodes each of `vocab_size` ids once.
     pub fn new(decoder: &dyn crate::runner::TokenDecoder, vocab_size: usize) -> Self {
-        let texts = (0..vocab_size as u32)
+        let texts: Vec<Option<Box<str>>> = (0..vocab_size as u32)
             .map(|id| {
                 let text = decoder.decode(&[id], true);
                 (!text.is_empty()).then(|| text.into_boxed_str())
             })
             .collect();
+        let plain = texts
+            .iter()
+            .map(|text| {
+                text.as_deref().is_some_and(|text| {
+                    !text
+                        .chars()
+                        .any(|c| c == '"' || c == '\\' || (c as u32) < 0x20)
+                })
+            })
+            .collect();
+        let mut groups: HashMap<char, Vec<u32>> = HashMap::new();
+        for (id, text) in texts.iter().enumerate() {
+            if let Some(first) = text.as_deref().and_then(|t| t.chars().next()) {
+                groups.entry(first).or_default().push(id as u32);
+            }
+        }
+        let mut by_first: Vec<(char, Vec<u32>)> = groups.into_iter().collect();
+        by_first.sort_unstable_by_key(|(first, _)| *first);
         Self {
             texts,
+            plain,
+            by_first,
             allowed: Mutex::new(HashMap::new()),
         }
     }
@@ -310,7 +347,18 @@ impl JsonVocab {
     /// leaving `row` as it was, when no token fits (a vocabulary without the single
     /// characters JSON needs).
     pub fn mask(&self, machine: &JsonMachine, row: &mut [f32]) -> bool {
-        let allowed = self.allowed_ids(machine);
+        let allowed = match self.allowed_ids(machine) {
+            Allowed::Only(ids) => ids,
+            Allowed::AllBut(ids) => {
+                for &id in ids.iter() {
+                    row[id as usize] = f32::NEG_INFINITY;
+                }
+                if let Some(rest) = row.get_mut(self.texts.len()..) {
+                    rest.fill(f32::NEG_INFINITY);
+                }
+                return true;
+            }
+        };
         let kept: Vec<(u32, f32)> = allowed
             .iter()
             .filter_map(|&id| row.get(id as usize).map(|&logit| (id, logit)))
@@ -326,20 +374,52 @@ impl JsonVocab {
     }
 
     /// The ids of the tokens `machine` accepts, from the cache or computed.
-    fn allowed_ids(&self, machine: &JsonMachine) -> Arc<[u32]> {
+    fn allowed_ids(&self, machine: &JsonMachine) -> Allowed {
         let mut cache = self.allowed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ids) = cache.get(machine) {
-            return Arc::clone(ids);
+        if let Some(allowed) = cache.get(machine) {
+            return allowed.clone();
         }
-        let ids: Arc<[u32]> = (0..self.texts.len() as u32)
-            .filter(|&id| self.text(id).is_some_and(|text| machine.accepts(text)))
-            .collect();
+        let in_string = machine.in_plain_string();
+        let mut ids = Vec::new();
+        for (first, group) in &self.by_first {
+            let mut after_first = *machine;
+            if !after_first.step(*first) {
+                continue;
+            }
+            let skip = first.len_utf8();
+            ids.extend(group.iter().copied().filter(|&id| {
+                (in_string && self.plain[id as usize])
+                    || self
+                        .text(id)
+                        .is_some_and(|text| after_first.accepts(&text[skip..]))
+            }));
+        }
+        ids.sort_unstable();
+        // Inside strings nearly every token fits: keep the shorter list.
+        let allowed = if ids.len() > self.texts.len() / 2 {
+            let mut fits = ids.iter().copied().peekable();
+            let others: Vec<u32> = (0..self.texts.len() as u32)
+                .filter(|&id| fits.next_if_eq(&id).is_none())
+                .collect();
+            Allowed::AllBut(others.into())
+        } else {
+            Allowed::Only(ids.into())
+        };
         if cache.len() >= MASK_CACHE_STATES {
             cache.clear();
         }
-        cache.insert(*machine, Arc::clone(&ids));
-        ids
+        cache.insert(*machine, allowed.clone());
+        allowed
     }
+}
+
+/// The tokens a state allows, as whichever list is shorter.
+#[derive(Clone, Debug)]
+enum Allowed {
+    /// Only these ids.
+    Only(Arc<[u32]>),
+    /// Every id of the vocabulary but these.
+    AllBut(Arc<[u32]>),
 }
 
 #[cfg(test)]

@@ -108,6 +108,12 @@ fn the_mask_keeps_exactly_the_tokens_that_fit() {
     assert!(vocab.mask(&machine, &mut row));
     assert_eq!(row[b'7' as usize], b'7' as f32);
     assert!(row[b'}' as usize].is_infinite() && row[129].is_infinite());
+    // Inside a string nearly everything fits (the list of the others is kept).
+    let mut row = vec![1.0f32; 131];
+    assert!(vocab.mask(&fed("{\"").unwrap(), &mut row));
+    let masked: Vec<usize> = (0..131).filter(|&id| row[id].is_infinite()).collect();
+    let controls: Vec<usize> = (0..32).collect();
+    assert_eq!(masked, [controls, vec![129, 130]].concat());
     // Nothing fits after the object: the row is left alone.
     let mut row = vec![1.0f32; 130];
     assert!(!vocab.mask(&fed("{}").unwrap(), &mut row));

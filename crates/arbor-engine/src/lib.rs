@@ -71,6 +71,7 @@ pub use runner::{
 /// Pieces exposed for tests and benches that check them directly.
 pub mod parts {
     pub use crate::detokenizer::Detokenizer;
+    pub use crate::json_mode::{JsonMachine, JsonVocab};
     pub use crate::sampler::{PenaltyState, Sampled, argmax, rng_from_seed, sample};
     pub use crate::stop::{StopOutcome, StopStrings};
 }
