@@ -1,7 +1,9 @@
 """Tool calling through the real openai client. The main server runs with
 `--tool-call-parser hermes`; a few worked examples in the conversation make
 SmolLM2-135M-Instruct answer with a `<tool_call>` block, which the server must hand back
-as `tool_calls` (whole or streamed) with `finish_reason: "tool_calls"`."""
+as `tool_calls` (whole or streamed) with `finish_reason: "tool_calls"`. A forced call
+(`tool_choice: "required"` or a named function) is written by constrained decoding
+even where the model, left alone, answers in prose."""
 
 import json
 
@@ -90,18 +92,36 @@ def test_the_answer_to_a_call_renders_as_the_next_turn(client, model):
 
 
 @pytest.mark.parametrize(
-    "tool_choice, words",
-    [
-        ("required", "cannot force"),
-        ({"type": "function", "function": {"name": "get_weather"}}, "cannot force"),
-        ({"type": "function", "function": {"name": "unknown"}}, "not among the tools"),
-    ],
+    "tool_choice",
+    ["required", {"type": "function", "function": {"name": "get_weather"}}],
 )
-def test_tool_choices_that_need_constrained_decoding_are_refused(client, model, tool_choice, words):
+def test_a_forced_call_is_written_even_without_examples(client, model, tool_choice):
+    # No worked examples: left alone the model answers in prose; forced, the output is
+    # constrained to a hermes call of get_weather with a JSON object of arguments.
+    messages = [{"role": "user", "content": "What is the weather like in Rome today?"}]
+    free = client.chat.completions.create(
+        model=model, messages=messages, tools=TOOLS, temperature=0, max_tokens=40
+    ).choices[0]
+    assert not free.message.tool_calls
+    forced = client.chat.completions.create(
+        model=model, messages=messages, tools=TOOLS, tool_choice=tool_choice, temperature=0,
+        max_tokens=200,
+    ).choices[0]
+    assert forced.finish_reason == "tool_calls", forced
+    (call,) = forced.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)
+
+
+def test_forced_calls_that_cannot_be_honoured_are_refused(client, model):
+    unknown = {"type": "function", "function": {"name": "unknown"}}
     with pytest.raises(openai.BadRequestError) as refused:
-        ask(client, model, "Rome", tools=TOOLS, tool_choice=tool_choice)
-    assert refused.value.status_code == 400
-    assert words in str(refused.value)
+        ask(client, model, "Rome", tools=TOOLS, tool_choice=unknown)
+    assert "not among the tools" in str(refused.value)
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(client, model, "Rome", tools=TOOLS, tool_choice="required",
+            response_format={"type": "json_object"})
+    assert refused.value.body["param"] == "response_format"
 
 
 def test_a_malformed_tool_is_refused_naming_it(client, model):

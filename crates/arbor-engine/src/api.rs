@@ -70,12 +70,20 @@ pub struct SamplingParams {
 }
 
 /// A format the output must follow, enforced token by token (constrained decoding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Tokens that cannot continue it are masked, and the sequence ends with `stop` as soon
+/// as it is complete. Needs a model with a tokenizer.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputConstraint {
-    /// One JSON object (OpenAI's `response_format: {"type": "json_object"}`): tokens
-    /// that cannot continue one are masked, and the sequence ends with `stop` when the
-    /// object closes. Needs a model with a tokenizer.
+    /// One JSON object (OpenAI's `response_format: {"type": "json_object"}`).
     JsonObject,
+    /// `prefix`, one JSON object, then `suffix`: a forced tool call, the object being
+    /// its arguments inside the tool-call format's markers.
+    JsonObjectWithin {
+        /// Text written first, exactly.
+        prefix: String,
+        /// Text written after the object, exactly.
+        suffix: String,
+    },
 }
 
 impl Default for SamplingParams {

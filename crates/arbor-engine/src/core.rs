@@ -13,13 +13,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, debug_span};
 
 use crate::api::{
-    EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo,
-    OutputConstraint, RequestId,
+    EngineConfig, EngineError, EngineStats, Event, GenerateRequest, KvBudget, ModelInfo, RequestId,
 };
 use crate::batch::BatchBuilder;
 use crate::clock::{Clock, SystemClock};
+use crate::constrained::Constrained;
 use crate::detokenizer::Detokenizer;
-use crate::json_mode::{JsonMachine, JsonVocab};
+use crate::json_mode::JsonVocab;
 use crate::kv::KvPages;
 use crate::runner::{ModelRunner, TokenDecoder};
 use crate::sampler::{PenaltyState, SequenceRng, rng_from_seed, uses_penalties};
@@ -381,9 +381,7 @@ impl EngineCore {
             penalties: uses_penalties(params).then(|| PenaltyState::new(prompt_ids, &[])),
             detokenizer: Detokenizer::new(params.skip_special_tokens),
             stop_strings: StopStrings::new(params.stop_strings.clone()),
-            json: params
-                .constraint
-                .map(|OutputConstraint::JsonObject| JsonMachine::default()),
+            constrained: params.constraint.as_ref().map(Constrained::new),
             cached_hint: 0,
             cached_hint_version: 0,
         }

@@ -373,6 +373,28 @@ impl JsonVocab {
         true
     }
 
+    /// Masks `row` to the tokens whose text starts `literal` (what is left of a literal
+    /// the output must write); false (row untouched) when none does.
+    pub fn mask_literal(&self, literal: &str, row: &mut [f32]) -> bool {
+        let kept: Vec<(usize, f32)> = row
+            .iter()
+            .enumerate()
+            .filter(|&(id, _)| {
+                self.text(id as u32)
+                    .is_some_and(|text| literal.starts_with(text))
+            })
+            .map(|(id, &logit)| (id, logit))
+            .collect();
+        if kept.is_empty() {
+            return false;
+        }
+        row.fill(f32::NEG_INFINITY);
+        for (id, logit) in kept {
+            row[id] = logit;
+        }
+        true
+    }
+
     /// The ids of the tokens `machine` accepts, from the cache or computed.
     fn allowed_ids(&self, machine: &JsonMachine) -> Allowed {
         let mut cache = self.allowed.lock().unwrap_or_else(|e| e.into_inner());

@@ -36,6 +36,7 @@ mod api;
 mod batch;
 mod candle_runner;
 mod clock;
+mod constrained;
 mod core;
 mod detokenizer;
 mod device_plan;

@@ -9,8 +9,8 @@ use arbor_cache::{NodeId, PageId};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::{Event, RequestId, SamplingParams};
+use crate::constrained::Constrained;
 use crate::detokenizer::Detokenizer;
-use crate::json_mode::JsonMachine;
 use crate::sampler::{PenaltyState, SequenceRng};
 use crate::stop::StopStrings;
 
@@ -60,8 +60,8 @@ pub struct Sequence {
     pub detokenizer: Detokenizer,
     /// Stop strings and held-back text.
     pub stop_strings: StopStrings,
-    /// JSON mode's automaton, fed every output token.
-    pub json: Option<JsonMachine>,
+    /// The output constraint's state, fed every output token.
+    pub constrained: Option<Constrained>,
     /// Prefix length (tokens) found cached the last time the waiting queue looked; for
     /// the cache-aware admission order.
     pub cached_hint: usize,

@@ -8,8 +8,9 @@ use std::time::Instant;
 use tracing::debug;
 
 use crate::api::{Event, FinishReason, RequestId, StopMatch, TokenLogprob, Usage};
+use crate::constrained::Constrained;
 use crate::core::EngineCore;
-use crate::json_mode::{JsonMachine, JsonVocab};
+use crate::json_mode::JsonVocab;
 use crate::runner::Logits;
 use crate::sampler::{Sampled, argmax, sample};
 use crate::sequence::Sequence;
@@ -138,10 +139,10 @@ impl EngineCore {
             &[]
         };
         let params = &seq.params;
-        let masked = seq.json.as_ref().and_then(|machine| {
+        let masked = seq.constrained.as_ref().and_then(|constrained| {
             let vocab = self.json_vocab()?;
             let mut row = row.to_vec();
-            if vocab.mask(machine, &mut row) {
+            if constrained.mask(vocab, &mut row) {
                 return Some(row);
             }
             tracing::warn!(
@@ -190,12 +191,12 @@ impl EngineCore {
     ) -> (Event, Option<Ending>) {
         let token_id = sampled.token_id;
         seq.tokens.push(token_id);
-        if let (Some(machine), Some(vocab)) = (seq.json.as_mut(), self.json_vocab.get())
+        if let (Some(constrained), Some(vocab)) = (seq.constrained.as_mut(), self.json_vocab.get())
             && let Some(text) = vocab.text(token_id)
         {
             // A token the mask let through always fits; one sampled without a mask
-            // (no token fitted) leaves the machine where it failed.
-            machine.feed(text);
+            // (no token fitted) leaves the state where it failed.
+            constrained.feed(text);
         }
         if let Some(state) = seq.penalties.as_mut() {
             state.push_output(token_id);
@@ -252,8 +253,8 @@ impl EngineCore {
             decoded
         };
 
-        if seq.json.as_ref().is_some_and(JsonMachine::is_done) {
-            // The object is closed: nothing may follow it.
+        if seq.constrained.as_ref().is_some_and(Constrained::is_done) {
+            // The constrained output is complete: nothing may follow it.
             let (tail, matched) = self.flush_text(seq, n_output);
             return (
                 text + &tail,

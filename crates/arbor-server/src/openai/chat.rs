@@ -37,8 +37,8 @@ pub struct ChatCompletionRequest {
     /// Tool schemas, passed to the chat template as `tools`; with a tool-call parser
     /// on, calls in the answer come back as `tool_calls`.
     pub tools: Option<Vec<Json>>,
-    /// `none`, `auto` (the default with tools), `required` or a named function; only
-    /// `none` and `auto` are supported.
+    /// `none`, `auto` (the default with tools), `required` or a named function (the
+    /// last two constrain the output to a call).
     pub tool_choice: Option<Json>,
     /// `false` keeps only the first tool call of each choice.
     pub parallel_tool_calls: Option<bool>,

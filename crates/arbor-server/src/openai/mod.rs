@@ -12,4 +12,4 @@ pub use chat::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionRespons
 pub use common::{PromptLimits, SamplingFields, UsageBody, build_params, check_n};
 pub use completions::{CompletionRequest, CompletionResponse};
 pub use logprobs::{ChatLogprobs, CompletionLogprobs};
-pub use tools::{ToolCallBody, tool_calls_wanted};
+pub use tools::{ForcedCall, ToolCallBody, ToolMode, forced_call_constraint, tool_mode};

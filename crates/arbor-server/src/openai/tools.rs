@@ -4,16 +4,35 @@
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::error::ApiError;
-use crate::tools::ToolCall;
+use arbor_engine::OutputConstraint;
 
-/// Whether the answer should be searched for tool calls: `tools` must each be a
-/// `{"type": "function", "function": {"name": ...}}`, and `tool_choice` (default
-/// `auto` with tools, `none` without) must be one Arbor can honour.
-pub fn tool_calls_wanted(
-    tools: Option<&[Json]>,
-    tool_choice: Option<&Json>,
-) -> Result<bool, ApiError> {
+use crate::error::ApiError;
+use crate::tools::{ToolCall, ToolParserKind};
+
+/// What a request asks of tools: nothing, calls if the model makes them, or a call it
+/// must make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolMode {
+    /// No tools, or `tool_choice: "none"`: the answer is left as written.
+    Off,
+    /// `auto` (the default with tools): calls the model writes become `tool_calls`.
+    Auto,
+    /// `required` or a named function: the output is constrained to a call.
+    Forced(ForcedCall),
+}
+
+/// The call a request forces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForcedCall {
+    /// This function (named, or the only tool under `required`).
+    Named(String),
+    /// Any of several tools (`required`).
+    Any,
+}
+
+/// Checks `tools` (each a `{"type": "function", "function": {"name": ...}}`) and
+/// `tool_choice` (default `auto` with tools, `none` without).
+pub fn tool_mode(tools: Option<&[Json]>, tool_choice: Option<&Json>) -> Result<ToolMode, ApiError> {
     let tools = tools.unwrap_or_default();
     let names = tools
         .iter()
@@ -26,25 +45,17 @@ pub fn tool_calls_wanted(
             format!("tool_choice {choice:?} is only allowed when tools are given"),
         )
     };
-    // Limitation: no constrained decoding, so a call cannot be forced; `required` and a
-    // named function are refused rather than silently treated as `auto`.
-    let cannot_force = |what: &str| {
-        ApiError::invalid_value(
-            "tool_choice",
-            format!(
-                "tool_choice {what} is not supported: Arbor cannot force a tool call \
-                 (no constrained decoding); use \"auto\" or \"none\""
-            ),
-        )
-    };
     match tool_choice {
-        None => Ok(!tools.is_empty()),
+        None if tools.is_empty() => Ok(ToolMode::Off),
+        None => Ok(ToolMode::Auto),
         Some(Json::String(choice)) => match choice.as_str() {
-            "none" => Ok(false),
-            "auto" if tools.is_empty() => Err(needs_tools("auto")),
-            "auto" => Ok(true),
-            "required" if tools.is_empty() => Err(needs_tools("required")),
-            "required" => Err(cannot_force("\"required\"")),
+            "none" => Ok(ToolMode::Off),
+            "auto" | "required" if tools.is_empty() => Err(needs_tools(choice)),
+            "auto" => Ok(ToolMode::Auto),
+            "required" => Ok(ToolMode::Forced(match names.as_slice() {
+                [only] => ForcedCall::Named(only.to_string()),
+                _ => ForcedCall::Any,
+            })),
             other => Err(ApiError::invalid_value(
                 "tool_choice",
                 format!("unknown tool_choice {other:?} (none, auto, required or a function)"),
@@ -69,9 +80,62 @@ pub fn tool_calls_wanted(
                     format!("tool_choice names {name:?}, which is not among the tools"),
                 ));
             }
-            Err(cannot_force(&format!("naming the function {name:?}")))
+            Ok(ToolMode::Forced(ForcedCall::Named(name.to_string())))
         }
     }
+}
+
+/// The constraint that makes the model write `call` in `format`: the format's markers
+/// (and the function's name, when known) as literal text around one JSON object, the
+/// arguments. With a reasoning parser on, the output first closes the (empty)
+/// reasoning, so the call lands in the answer.
+pub fn forced_call_constraint(
+    call: &ForcedCall,
+    format: Option<ToolParserKind>,
+    closes_reasoning: bool,
+) -> Result<OutputConstraint, ApiError> {
+    let format = format.ok_or_else(|| {
+        ApiError::invalid_value(
+            "tool_choice",
+            "forcing a tool call needs a tool-call format: start the server with \
+             --tool-call-parser",
+        )
+    })?;
+    let quoted = |name: &str| Json::from(name).to_string();
+    let (prefix, suffix) = match (format, call) {
+        (ToolParserKind::Hermes, ForcedCall::Named(name)) => (
+            format!("<tool_call>\n{{\"name\": {}, \"arguments\": ", quoted(name)),
+            "}\n</tool_call>".to_string(),
+        ),
+        (ToolParserKind::Hermes, ForcedCall::Any) => {
+            ("<tool_call>\n".to_string(), "\n</tool_call>".to_string())
+        }
+        (ToolParserKind::Llama3Json, ForcedCall::Named(name)) => (
+            format!("{{\"name\": {}, \"parameters\": ", quoted(name)),
+            "}".to_string(),
+        ),
+        (ToolParserKind::Llama3Json, ForcedCall::Any) => (String::new(), String::new()),
+        (ToolParserKind::DeepSeekV3, ForcedCall::Named(name)) => (
+            format!(
+                "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n"
+            ),
+            "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>".to_string(),
+        ),
+        // Limitation: the name stands outside the JSON in this format, and choosing
+        // one of several names needs a grammar with alternatives, which there is not.
+        (ToolParserKind::DeepSeekV3, ForcedCall::Any) => {
+            return Err(ApiError::invalid_value(
+                "tool_choice",
+                "tool_choice \"required\" with several tools is not supported in the \
+                 deepseek-v3 format; name the function or use \"auto\"",
+            ));
+        }
+    };
+    let prefix = match closes_reasoning {
+        true => format!("</think>\n\n{prefix}"),
+        false => prefix,
+    };
+    Ok(OutputConstraint::JsonObjectWithin { prefix, suffix })
 }
 
 fn function_name(idx: usize, tool: &Json) -> Result<&str, ApiError> {
@@ -133,9 +197,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn wanted(tools: Json, choice: Option<Json>) -> Result<bool, ApiError> {
+    fn wanted(tools: Json, choice: Option<Json>) -> Result<ToolMode, ApiError> {
         let tools: Option<Vec<Json>> = serde_json::from_value(tools).unwrap();
-        tool_calls_wanted(tools.as_deref(), choice.as_ref())
+        tool_mode(tools.as_deref(), choice.as_ref())
     }
 
     fn weather() -> Json {
@@ -148,30 +212,86 @@ mod tests {
 
     #[test]
     fn tools_default_to_auto_and_none_turns_parsing_off() {
-        assert!(wanted(weather(), None).unwrap());
-        assert!(wanted(weather(), Some(json!("auto"))).unwrap());
-        assert!(!wanted(weather(), Some(json!("none"))).unwrap());
-        assert!(!wanted(json!(null), None).unwrap());
-        assert!(!wanted(json!([]), Some(json!("none"))).unwrap());
+        assert_eq!(wanted(weather(), None).unwrap(), ToolMode::Auto);
+        assert_eq!(
+            wanted(weather(), Some(json!("auto"))).unwrap(),
+            ToolMode::Auto
+        );
+        assert_eq!(
+            wanted(weather(), Some(json!("none"))).unwrap(),
+            ToolMode::Off
+        );
+        assert_eq!(wanted(json!(null), None).unwrap(), ToolMode::Off);
+        assert_eq!(
+            wanted(json!([]), Some(json!("none"))).unwrap(),
+            ToolMode::Off
+        );
     }
 
     #[test]
-    fn forced_calls_and_malformed_choices_are_refused_with_a_reason() {
-        let required = message(wanted(weather(), Some(json!("required"))).unwrap_err());
-        assert!(required.contains("cannot force"), "{required}");
-        let named = json!({"type": "function", "function": {"name": "get_weather"}});
-        let named = message(wanted(weather(), Some(named)).unwrap_err());
-        assert!(
-            named.contains("get_weather") && named.contains("cannot force"),
-            "{named}"
+    fn required_and_named_choices_force_a_call() {
+        let forced = |name: &str| ToolMode::Forced(ForcedCall::Named(name.into()));
+        assert_eq!(
+            wanted(weather(), Some(json!("required"))).unwrap(),
+            forced("get_weather")
         );
+        let named = json!({"type": "function", "function": {"name": "get_weather"}});
+        assert_eq!(
+            wanted(weather(), Some(named)).unwrap(),
+            forced("get_weather")
+        );
+        let two = json!([{"type": "function", "function": {"name": "a"}},
+            {"type": "function", "function": {"name": "b"}}]);
+        assert_eq!(
+            wanted(two, Some(json!("required"))).unwrap(),
+            ToolMode::Forced(ForcedCall::Any)
+        );
+    }
+
+    #[test]
+    fn malformed_choices_are_refused_with_a_reason() {
         let unknown = json!({"type": "function", "function": {"name": "nope"}});
         let unknown = message(wanted(weather(), Some(unknown)).unwrap_err());
         assert!(unknown.contains("not among the tools"), "{unknown}");
         let no_tools = message(wanted(json!(null), Some(json!("auto"))).unwrap_err());
         assert!(no_tools.contains("only allowed when tools"), "{no_tools}");
+        assert!(wanted(json!(null), Some(json!("required"))).is_err());
         assert!(wanted(weather(), Some(json!("sometimes"))).is_err());
         assert!(wanted(weather(), Some(json!(3))).is_err());
+    }
+
+    #[test]
+    fn forced_calls_are_written_in_each_format_and_parse_back() {
+        use crate::tools::ToolParser;
+        let named = ForcedCall::Named("get_weather".into());
+        let args = r#"{"city": "Paris"}"#;
+        for kind in [
+            ToolParserKind::Hermes,
+            ToolParserKind::Llama3Json,
+            ToolParserKind::DeepSeekV3,
+        ] {
+            let OutputConstraint::JsonObjectWithin { prefix, suffix } =
+                forced_call_constraint(&named, Some(kind), false).unwrap()
+            else {
+                panic!("a wrapped object");
+            };
+            let out = ToolParser::parse(kind, &format!("{prefix}{args}{suffix}"));
+            assert_eq!(out.calls.len(), 1, "{kind:?}");
+            assert_eq!(out.calls[0].name, "get_weather");
+            let parsed: Json = serde_json::from_str(&out.calls[0].arguments).unwrap();
+            assert_eq!(parsed, json!({"city": "Paris"}));
+            assert_eq!(out.content, "", "{kind:?}");
+        }
+        let with_think = forced_call_constraint(&named, Some(ToolParserKind::Hermes), true);
+        assert!(
+            matches!(with_think, Ok(OutputConstraint::JsonObjectWithin { prefix, .. })
+            if prefix.starts_with("</think>"))
+        );
+        assert!(forced_call_constraint(&named, None, false).is_err());
+        assert!(
+            forced_call_constraint(&ForcedCall::Any, Some(ToolParserKind::DeepSeekV3), false)
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! With a reasoning parser on, each choice's text is split into `reasoning_content`
 //! (also sent as `reasoning`) and `content`; with a tool-call parser on and tools in the
 //! request, calls in the answer become `tool_calls` (each sent whole when streaming) and
-//! the choice finishes with `tool_calls`. Both modes give the same split.
+//! the choice finishes with `tool_calls`; `tool_choice: "required"` or a named function
+//! constrains the output to a call in the parser's format. Both modes give the same
+//! split.
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use crate::openai::chat::{
 };
 use crate::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ToolCallBody,
-    UsageBody, build_params, check_n, tool_calls_wanted,
+    ToolMode, UsageBody, build_params, check_n, forced_call_constraint, tool_mode,
 };
 use crate::reasoning::{ReasoningParser, ReasoningParserKind};
 use crate::sse;
@@ -39,9 +41,11 @@ pub async fn chat_completions(
     let created = unix_now();
     state.check_model(request.model.as_deref())?;
     let messages = template_messages(&request.messages)?;
-    let tool_parser = tool_calls_wanted(request.tools.as_deref(), request.tool_choice.as_ref())?
-        .then_some(state.config.tool_parser)
-        .flatten();
+    let tool_mode = tool_mode(request.tools.as_deref(), request.tool_choice.as_ref())?;
+    let tool_parser = match tool_mode {
+        ToolMode::Off => None,
+        ToolMode::Auto | ToolMode::Forced(_) => state.config.tool_parser,
+    };
     let options = RenderOptions {
         add_generation_prompt: request.add_generation_prompt.unwrap_or(true),
         tools: request.tools.clone(),
@@ -55,7 +59,15 @@ pub async fn chat_completions(
     let n = check_n(request.n)?;
     let logprobs = request.engine_logprobs()?;
     let limits = state.prompt_limits(prompt_ids.len(), None, "messages");
-    let params = build_params(&request.sampling, request.max_tokens(), logprobs, &limits)?;
+    let mut params = build_params(&request.sampling, request.max_tokens(), logprobs, &limits)?;
+    if let ToolMode::Forced(call) = &tool_mode {
+        if params.constraint.is_some() {
+            let message = "response_format cannot be combined with a forced tool call";
+            return Err(ApiError::invalid_value("response_format", message));
+        }
+        let closes_reasoning = state.config.reasoning_parser.is_some();
+        params.constraint = Some(forced_call_constraint(call, tool_parser, closes_reasoning)?);
+    }
     let requests = vec![GenerateRequest {
         prompt_ids,
         params,

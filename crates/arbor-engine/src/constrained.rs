@@ -1,0 +1,144 @@
+//! An output constraint in progress: a literal prefix, one JSON object, a literal
+//! suffix. `JsonObject` is the case with both literals empty; a forced tool call wraps
+//! the arguments object in its format's markers (`<tool_call>{"name": "f",
+//! "arguments": ` ... `}</tool_call>`).
+//!
+//! While a literal is being written, only tokens whose text is a prefix of what is left
+//! of it fit (a token may not run across the boundary into the object, which only
+//! narrows how the same text is tokenized); inside the object, `JsonVocab` masks as
+//! in plain JSON mode.
+
+use std::sync::Arc;
+
+use crate::api::OutputConstraint;
+use crate::json_mode::{JsonMachine, JsonVocab};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Bytes of the prefix written.
+    Prefix(usize),
+    Json,
+    /// Bytes of the suffix written.
+    Suffix(usize),
+    Done,
+}
+
+/// One sequence's constraint state.
+#[derive(Clone, Debug)]
+pub struct Constrained {
+    prefix: Arc<str>,
+    suffix: Arc<str>,
+    phase: Phase,
+    json: JsonMachine,
+}
+
+impl Constrained {
+    /// The start of `constraint`.
+    pub fn new(constraint: &OutputConstraint) -> Self {
+        let (prefix, suffix) = match constraint {
+            OutputConstraint::JsonObject => ("", ""),
+            OutputConstraint::JsonObjectWithin { prefix, suffix } => {
+                (prefix.as_str(), suffix.as_str())
+            }
+        };
+        let phase = match prefix.is_empty() {
+            true => Phase::Json,
+            false => Phase::Prefix(0),
+        };
+        Self {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            phase,
+            json: JsonMachine::default(),
+        }
+    }
+
+    /// Whether everything was written: the sequence ends.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Feeds the text of the token just sampled; false when it does not fit (only
+    /// possible for a token sampled without a mask).
+    pub fn feed(&mut self, text: &str) -> bool {
+        text.chars().all(|c| self.step(c))
+    }
+
+    /// Masks `row` to the tokens that fit next; false (row untouched) when none does.
+    pub fn mask(&self, vocab: &JsonVocab, row: &mut [f32]) -> bool {
+        match self.phase {
+            Phase::Prefix(at) => vocab.mask_literal(&self.prefix[at..], row),
+            Phase::Json => vocab.mask(&self.json, row),
+            Phase::Suffix(at) => vocab.mask_literal(&self.suffix[at..], row),
+            Phase::Done => false,
+        }
+    }
+
+    fn step(&mut self, c: char) -> bool {
+        match self.phase {
+            Phase::Prefix(at) => match self.prefix[at..].strip_prefix(c) {
+                Some("") => self.phase = Phase::Json,
+                Some(rest) => self.phase = Phase::Prefix(self.prefix.len() - rest.len()),
+                None => return false,
+            },
+            Phase::Json => {
+                if !self.json.feed(c.encode_utf8(&mut [0; 4])) {
+                    return false;
+                }
+                if self.json.is_done() {
+                    self.phase = match self.suffix.is_empty() {
+                        true => Phase::Done,
+                        false => Phase::Suffix(0),
+                    };
+                }
+            }
+            Phase::Suffix(at) => match self.suffix[at..].strip_prefix(c) {
+                Some("") => self.phase = Phase::Done,
+                Some(rest) => self.phase = Phase::Suffix(self.suffix.len() - rest.len()),
+                None => return false,
+            },
+            Phase::Done => return false,
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ByteDecoder;
+
+    fn wrapped() -> Constrained {
+        Constrained::new(&OutputConstraint::JsonObjectWithin {
+            prefix: "<t>{\"name\": \"f\", \"arguments\": ".into(),
+            suffix: "}</t>".into(),
+        })
+    }
+
+    #[test]
+    fn prefix_object_and_suffix_are_written_in_order() {
+        let mut c = wrapped();
+        assert!(c.feed("<t>{\"name\": \"f\", \"arguments\": "));
+        assert!(c.feed("{\"x\": [1, 2]}"));
+        assert!(!c.is_done());
+        assert!(c.feed("}</t>") && c.is_done());
+        assert!(!wrapped().feed("<x>"));
+        let mut plain = Constrained::new(&OutputConstraint::JsonObject);
+        assert!(plain.feed("{}") && plain.is_done());
+    }
+
+    #[test]
+    fn literal_phases_allow_only_tokens_that_start_what_is_left() {
+        let vocab = JsonVocab::new(&ByteDecoder, 256);
+        let mut c = wrapped();
+        let mut row = vec![0.0f32; 256];
+        assert!(c.mask(&vocab, &mut row));
+        let kept: Vec<usize> = (0..256).filter(|&id| row[id].is_finite()).collect();
+        assert_eq!(kept, vec![usize::from(b'<')]);
+        assert!(c.feed("<t>{\"name\": \"f\", \"arguments\": {}"));
+        let mut row = vec![0.0f32; 256];
+        assert!(c.mask(&vocab, &mut row));
+        let kept: Vec<usize> = (0..256).filter(|&id| row[id].is_finite()).collect();
+        assert_eq!(kept, vec![usize::from(b'}')]);
+    }
+}
