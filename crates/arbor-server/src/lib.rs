@@ -23,6 +23,8 @@ pub mod routes;
 pub mod sse;
 pub mod state;
 pub mod stream;
+#[cfg(test)]
+mod test_support;
 pub mod tools;
 pub mod track;
 

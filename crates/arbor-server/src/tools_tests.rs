@@ -202,20 +202,7 @@ proptest! {
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
         let text: String = pieces.concat();
-        let mut points: Vec<usize> = cuts
-            .iter()
-            .map(|i| i.index(text.len() + 1))
-            .filter(|&p| text.is_char_boundary(p))
-            .collect();
-        points.sort_unstable();
-        points.dedup();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        for p in points {
-            chunks.push(&text[start..p]);
-            start = p;
-        }
-        chunks.push(&text[start..]);
+        let chunks = crate::test_support::cut_at(&text, &cuts);
         for kind in [ToolParserKind::DeepSeekV3, ToolParserKind::Hermes, ToolParserKind::Llama3Json] {
             prop_assert_eq!(streamed(kind, &chunks), ToolParser::parse(kind, &text));
         }
