@@ -347,52 +347,30 @@ impl JsonVocab {
     /// leaving `row` as it was, when no token fits (a vocabulary without the single
     /// characters JSON needs).
     pub fn mask(&self, machine: &JsonMachine, row: &mut [f32]) -> bool {
-        let allowed = match self.allowed_ids(machine) {
-            Allowed::Only(ids) => ids,
+        match self.allowed_ids(machine) {
+            Allowed::Only(ids) => keep_only(row, ids.iter().map(|&id| id as usize)),
             Allowed::AllBut(ids) => {
                 for &id in ids.iter() {
-                    row[id as usize] = f32::NEG_INFINITY;
+                    if let Some(logit) = row.get_mut(id as usize) {
+                        *logit = f32::NEG_INFINITY;
+                    }
                 }
                 if let Some(rest) = row.get_mut(self.texts.len()..) {
                     rest.fill(f32::NEG_INFINITY);
                 }
-                return true;
+                true
             }
-        };
-        let kept: Vec<(u32, f32)> = allowed
-            .iter()
-            .filter_map(|&id| row.get(id as usize).map(|&logit| (id, logit)))
-            .collect();
-        if kept.is_empty() {
-            return false;
         }
-        row.fill(f32::NEG_INFINITY);
-        for (id, logit) in kept {
-            row[id as usize] = logit;
-        }
-        true
     }
 
     /// Masks `row` to the tokens whose text starts `literal` (what is left of a literal
     /// the output must write); false (row untouched) when none does.
     pub fn mask_literal(&self, literal: &str, row: &mut [f32]) -> bool {
-        let kept: Vec<(usize, f32)> = row
-            .iter()
-            .enumerate()
-            .filter(|&(id, _)| {
-                self.text(id as u32)
-                    .is_some_and(|text| literal.starts_with(text))
-            })
-            .map(|(id, &logit)| (id, logit))
-            .collect();
-        if kept.is_empty() {
-            return false;
-        }
-        row.fill(f32::NEG_INFINITY);
-        for (id, logit) in kept {
-            row[id] = logit;
-        }
-        true
+        let fits = (0..row.len()).filter(|&id| {
+            self.text(id as u32)
+                .is_some_and(|text| literal.starts_with(text))
+        });
+        keep_only(row, fits)
     }
 
     /// The ids of the tokens `machine` accepts, from the cache or computed.
@@ -433,6 +411,22 @@ impl JsonVocab {
         cache.insert(*machine, allowed.clone());
         allowed
     }
+}
+
+/// Keeps the logits of `ids` and sets every other one to `-inf`; false (row untouched)
+/// when none of `ids` is in the row.
+fn keep_only(row: &mut [f32], ids: impl Iterator<Item = usize>) -> bool {
+    let kept: Vec<(usize, f32)> = ids
+        .filter_map(|id| row.get(id).map(|&logit| (id, logit)))
+        .collect();
+    if kept.is_empty() {
+        return false;
+    }
+    row.fill(f32::NEG_INFINITY);
+    for (id, logit) in kept {
+        row[id] = logit;
+    }
+    true
 }
 
 /// The tokens a state allows, as whichever list is shorter.
