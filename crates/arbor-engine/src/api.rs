@@ -67,6 +67,9 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     /// Restrict the output to a format; `None` leaves it free.
     pub constraint: Option<OutputConstraint>,
+    /// The constraint starts only once the output has written this text, so a
+    /// reasoning model thinks freely up to `</think>` first; `None`: from the start.
+    pub constraint_after: Option<String>,
 }
 
 /// A format the output must follow, enforced token by token (constrained decoding).
@@ -106,6 +109,7 @@ impl Default for SamplingParams {
             logprobs: None,
             skip_special_tokens: true,
             constraint: None,
+            constraint_after: None,
         }
     }
 }

@@ -3,6 +3,10 @@
 //! the arguments object in its format's markers (`<tool_call>{"name": "f",
 //! "arguments": ` ... `}</tool_call>`).
 //!
+//! With a gate (`constraint_after`, `</think>` for a reasoning model), nothing is
+//! masked until the output has written the gate text; what follows it in the same
+//! token is the first text the constraint sees.
+//!
 //! While a literal is being written, only tokens whose text is a prefix of what is left
 //! of it fit (a token may not run across the boundary into the object, which only
 //! narrows how the same text is tokenized); inside the object, `JsonVocab` masks as
@@ -26,6 +30,9 @@ enum Phase {
 /// One sequence's constraint state.
 #[derive(Clone, Debug)]
 pub struct Constrained {
+    /// The text still awaited before the constraint starts, and the tail of the output
+    /// that may be the start of it.
+    gate: Option<(Arc<str>, String)>,
     prefix: Arc<str>,
     suffix: Arc<str>,
     phase: Phase,
@@ -33,8 +40,8 @@ pub struct Constrained {
 }
 
 impl Constrained {
-    /// The start of `constraint`.
-    pub fn new(constraint: &OutputConstraint) -> Self {
+    /// The start of `constraint`, held back until the output writes `after`.
+    pub fn new(constraint: &OutputConstraint, after: Option<&str>) -> Self {
         let (prefix, suffix) = match constraint {
             OutputConstraint::JsonObject => ("", ""),
             OutputConstraint::JsonObjectWithin { prefix, suffix } => {
@@ -46,6 +53,9 @@ impl Constrained {
             false => Phase::Prefix(0),
         };
         Self {
+            gate: after
+                .filter(|gate| !gate.is_empty())
+                .map(|gate| (gate.into(), String::new())),
             prefix: prefix.into(),
             suffix: suffix.into(),
             phase,
@@ -58,14 +68,42 @@ impl Constrained {
         self.phase == Phase::Done
     }
 
+    /// Whether the constraint applies to the next token (its gate, if any, passed).
+    pub fn is_active(&self) -> bool {
+        self.gate.is_none()
+    }
+
     /// Feeds the text of the token just sampled; false when it does not fit (only
     /// possible for a token sampled without a mask).
     pub fn feed(&mut self, text: &str) -> bool {
-        text.chars().all(|c| self.step(c))
+        let Some((gate, tail)) = self.gate.as_mut() else {
+            return text.chars().all(|c| self.step(c));
+        };
+        tail.push_str(text);
+        match tail.find(&**gate) {
+            Some(at) => {
+                let rest = tail[at + gate.len()..].to_string();
+                self.gate = None;
+                self.feed(&rest)
+            }
+            None => {
+                // Keep only what could still be the start of the gate.
+                let mut keep = tail.len().saturating_sub(gate.len() - 1);
+                while !tail.is_char_boundary(keep) {
+                    keep += 1;
+                }
+                tail.drain(..keep);
+                true
+            }
+        }
     }
 
-    /// Masks `row` to the tokens that fit next; false (row untouched) when none does.
+    /// Masks `row` to the tokens that fit next; false (row untouched) when none does
+    /// or the constraint has not started.
     pub fn mask(&self, vocab: &JsonVocab, row: &mut [f32]) -> bool {
+        if !self.is_active() {
+            return false;
+        }
         match self.phase {
             Phase::Prefix(at) => vocab.mask_literal(&self.prefix[at..], row),
             Phase::Json => vocab.mask(&self.json, row),
@@ -109,10 +147,30 @@ mod tests {
     use crate::testing::ByteDecoder;
 
     fn wrapped() -> Constrained {
-        Constrained::new(&OutputConstraint::JsonObjectWithin {
+        let constraint = OutputConstraint::JsonObjectWithin {
             prefix: "<t>{\"name\": \"f\", \"arguments\": ".into(),
             suffix: "}</t>".into(),
-        })
+        };
+        Constrained::new(&constraint, None)
+    }
+
+    #[test]
+    fn a_gated_constraint_starts_after_the_gate_text() {
+        let vocab = JsonVocab::new(&ByteDecoder, 256);
+        let mut c = Constrained::new(&OutputConstraint::JsonObject, Some("</think>"));
+        let mut row = vec![0.0f32; 256];
+        // Free text, even text JSON would refuse, until the gate is written; the gate
+        // may be cut across tokens, and what follows it is the constraint's first text.
+        for piece in ["Let me think. [not json", " </th", "ink>\n{\"a\""] {
+            assert!(!c.is_active() && !c.mask(&vocab, &mut row));
+            assert!(c.feed(piece), "{piece}");
+        }
+        assert!(c.is_active());
+        assert!(c.mask(&vocab, &mut row));
+        assert!(row[usize::from(b':')].is_finite() && row[usize::from(b'x')].is_infinite());
+        assert!(c.feed(": 1}") && c.is_done());
+        let mut never = Constrained::new(&OutputConstraint::JsonObject, Some("</think>"));
+        assert!(never.feed("é</thin") && never.feed("k and on") && !never.is_active());
     }
 
     #[test]
@@ -123,7 +181,7 @@ mod tests {
         assert!(!c.is_done());
         assert!(c.feed("}</t>") && c.is_done());
         assert!(!wrapped().feed("<x>"));
-        let mut plain = Constrained::new(&OutputConstraint::JsonObject);
+        let mut plain = Constrained::new(&OutputConstraint::JsonObject, None);
         assert!(plain.feed("{}") && plain.is_done());
     }
 

@@ -381,7 +381,10 @@ impl EngineCore {
             penalties: uses_penalties(params).then(|| PenaltyState::new(prompt_ids, &[])),
             detokenizer: Detokenizer::new(params.skip_special_tokens),
             stop_strings: StopStrings::new(params.stop_strings.clone()),
-            constrained: params.constraint.as_ref().map(Constrained::new),
+            constrained: params
+                .constraint
+                .as_ref()
+                .map(|c| Constrained::new(c, params.constraint_after.as_deref())),
             cached_hint: 0,
             cached_hint_version: 0,
         }

@@ -139,7 +139,8 @@ impl EngineCore {
             &[]
         };
         let params = &seq.params;
-        let masked = seq.constrained.as_ref().and_then(|constrained| {
+        let active = seq.constrained.as_ref().filter(|c| c.is_active());
+        let masked = active.and_then(|constrained| {
             let vocab = self.json_vocab()?;
             let mut row = row.to_vec();
             if constrained.mask(vocab, &mut row) {
@@ -191,11 +192,11 @@ impl EngineCore {
     ) -> (Event, Option<Ending>) {
         let token_id = sampled.token_id;
         seq.tokens.push(token_id);
-        if let (Some(constrained), Some(vocab)) = (seq.constrained.as_mut(), self.json_vocab.get())
-            && let Some(text) = vocab.text(token_id)
+        if let Some(constrained) = seq.constrained.as_mut()
+            && let Some(text) = self.json_vocab().and_then(|vocab| vocab.text(token_id))
         {
             // A token the mask let through always fits; one sampled without a mask
-            // (no token fitted) leaves the state where it failed.
+            // (before the gate, or when no token fitted) may not.
             constrained.feed(text);
         }
         if let Some(state) = seq.penalties.as_mut() {

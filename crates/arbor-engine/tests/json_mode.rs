@@ -81,3 +81,26 @@ fn greedy_json_mode_follows_the_favourite_where_it_fits() {
     }
     assert_no_leak(&core);
 }
+
+#[test]
+fn a_gated_constraint_lets_the_model_write_freely_up_to_the_gate() {
+    // The successor model writes "bcdefg..." after "a"; with the gate "def" (standing
+    // in for `</think>`), "bcdef" is free text and what follows must be JSON.
+    let model = FakeModel::new(VOCAB).with_next_token(NextToken::Successor);
+    let mut core = core(model, config(256, 16));
+    let params = SamplingParams {
+        constraint_after: Some("def".into()),
+        ..json_params(40, 0.0, 0)
+    };
+    let mut rx = submit(&mut core, 1, &[u32::from(b'a')], params);
+    run_to_end(&mut core, 200);
+    let out = collect_one(&mut rx);
+    let (free, answer) = out.text.split_at(5);
+    assert_eq!(free, "bcdef");
+    assert!(answer.trim_start().starts_with('{'), "{:?}", out.text);
+    match serde_json::from_str::<IgnoredAny>(answer) {
+        Ok(_) => assert_eq!(out.reason, Some(FinishReason::Stop)),
+        Err(err) => assert!(err.is_eof(), "{err}: {answer:?}"),
+    }
+    assert_no_leak(&core);
+}

@@ -13,7 +13,8 @@
 use std::str::FromStr;
 
 const THINK_OPEN: &str = "<think>";
-const THINK_CLOSE: &str = "</think>";
+/// What ends the reasoning.
+pub const THINK_CLOSE: &str = "</think>";
 
 /// The reasoning formats the server can parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -145,6 +145,7 @@ pub fn build_params(
             .skip_special_tokens
             .unwrap_or(defaults.skip_special_tokens),
         constraint: check_response_format(fields.response_format.as_ref())?,
+        constraint_after: None,
     };
     if params.min_tokens > params.max_tokens {
         return Err(ApiError::invalid_value(
@@ -167,8 +168,7 @@ fn check_response_format(
     };
     match format.get("type").and_then(serde_json::Value::as_str) {
         Some("text") => Ok(None),
-        // Limitation: the constraint holds from the first output token, so a reasoning
-        // model cannot think before its JSON (vLLM starts it after `</think>`).
+        // With a reasoning parser, chat requests start it after `</think>`.
         Some("json_object") => Ok(Some(OutputConstraint::JsonObject)),
         // Limitation: no JSON-schema (or regex) grammar yet, only "any JSON object".
         Some("json_schema") => Err(ApiError::invalid_value(

@@ -27,7 +27,7 @@ use crate::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ToolCallBody,
     ToolMode, UsageBody, build_params, check_n, forced_call_constraint, tool_mode,
 };
-use crate::reasoning::{ReasoningParser, ReasoningParserKind};
+use crate::reasoning::{ReasoningParser, ReasoningParserKind, THINK_CLOSE};
 use crate::sse;
 use crate::state::{AppState, unix_now};
 use crate::stream::{ChunkWriter, Submitted, collect, sse_response, submit_all};
@@ -60,6 +60,10 @@ pub async fn chat_completions(
     let logprobs = request.engine_logprobs()?;
     let limits = state.prompt_limits(prompt_ids.len(), None, "messages");
     let mut params = build_params(&request.sampling, request.max_tokens(), logprobs, &limits)?;
+    if params.constraint.is_some() && state.config.reasoning_parser.is_some() {
+        // JSON mode holds for the answer: the model reasons freely up to `</think>`.
+        params.constraint_after = Some(THINK_CLOSE.to_string());
+    }
     if let ToolMode::Forced(call) = &tool_mode {
         if params.constraint.is_some() {
             let message = "response_format cannot be combined with a forced tool call";
