@@ -113,6 +113,19 @@ def test_a_forced_call_is_written_even_without_examples(client, model, tool_choi
     assert isinstance(json.loads(call.function.arguments), dict)
 
 
+def test_required_with_several_tools_calls_one_of_them(client, model):
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    messages = [{"role": "user", "content": "What is the weather like in Rome today?"}]
+    choice = client.chat.completions.create(
+        model=model, messages=messages, tools=TOOLS + [clock], tool_choice="required",
+        temperature=0, max_tokens=200,
+    ).choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls
+    assert call.function.name in ("get_weather", "get_time")
+    assert isinstance(json.loads(call.function.arguments), dict)
+
+
 def test_forced_calls_that_cannot_be_honoured_are_refused(client, model):
     unknown = {"type": "function", "function": {"name": "unknown"}}
     with pytest.raises(openai.BadRequestError) as refused:

@@ -79,11 +79,12 @@ pub struct SamplingParams {
 pub enum OutputConstraint {
     /// One JSON object (OpenAI's `response_format: {"type": "json_object"}`).
     JsonObject,
-    /// `prefix`, one JSON object, then `suffix`: a forced tool call, the object being
-    /// its arguments inside the tool-call format's markers.
+    /// One of `prefixes`, one JSON object, then `suffix`: a forced tool call, the
+    /// object being its arguments inside the tool-call format's markers, one prefix per
+    /// function it may call.
     JsonObjectWithin {
-        /// Text written first, exactly.
-        prefix: String,
+        /// Texts one of which is written first, exactly.
+        prefixes: Vec<String>,
         /// Text written after the object, exactly.
         suffix: String,
     },

@@ -1,14 +1,14 @@
-//! An output constraint in progress: a literal prefix, one JSON object, a literal
-//! suffix. `JsonObject` is the case with both literals empty; a forced tool call wraps
-//! the arguments object in its format's markers (`<tool_call>{"name": "f",
-//! "arguments": ` ... `}</tool_call>`).
+//! An output constraint in progress: one of a few literal prefixes, one JSON object, a
+//! literal suffix. `JsonObject` is the case with no prefix and an empty suffix; a forced
+//! tool call wraps the arguments object in its format's markers, one prefix per
+//! function it may call (`<tool_call>{"name": "f", "arguments": ` ... `}</tool_call>`).
 //!
 //! With a gate (`constraint_after`, `</think>` for a reasoning model), nothing is
 //! masked until the output has written the gate text; what follows it in the same
 //! token is the first text the constraint sees.
 //!
-//! While a literal is being written, only tokens whose text is a prefix of what is left
-//! of it fit (a token may not run across the boundary into the object, which only
+//! While a prefix is being written, only tokens whose text continues one of the
+//! prefixes still possible fit (a token may not run across the boundary into the object, which only
 //! narrows how the same text is tokenized); inside the object, `JsonVocab` masks as
 //! in plain JSON mode.
 
@@ -19,8 +19,8 @@ use crate::json_mode::{JsonMachine, JsonVocab};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Bytes of the prefix written.
-    Prefix(usize),
+    /// Writing one of the prefixes (`written` holds what was written).
+    Prefix,
     Json,
     /// Bytes of the suffix written.
     Suffix(usize),
@@ -33,7 +33,9 @@ pub struct Constrained {
     /// The text still awaited before the constraint starts, and the tail of the output
     /// that may be the start of it.
     gate: Option<(Arc<str>, String)>,
-    prefix: Arc<str>,
+    prefixes: Arc<[String]>,
+    /// The prefix text written so far.
+    written: String,
     suffix: Arc<str>,
     phase: Phase,
     json: JsonMachine,
@@ -42,21 +44,22 @@ pub struct Constrained {
 impl Constrained {
     /// The start of `constraint`, held back until the output writes `after`.
     pub fn new(constraint: &OutputConstraint, after: Option<&str>) -> Self {
-        let (prefix, suffix) = match constraint {
-            OutputConstraint::JsonObject => ("", ""),
-            OutputConstraint::JsonObjectWithin { prefix, suffix } => {
-                (prefix.as_str(), suffix.as_str())
+        let (prefixes, suffix) = match constraint {
+            OutputConstraint::JsonObject => (&[][..], ""),
+            OutputConstraint::JsonObjectWithin { prefixes, suffix } => {
+                (prefixes.as_slice(), suffix.as_str())
             }
         };
-        let phase = match prefix.is_empty() {
+        let phase = match prefixes.iter().any(String::is_empty) || prefixes.is_empty() {
             true => Phase::Json,
-            false => Phase::Prefix(0),
+            false => Phase::Prefix,
         };
         Self {
             gate: after
                 .filter(|gate| !gate.is_empty())
                 .map(|gate| (gate.into(), String::new())),
-            prefix: prefix.into(),
+            prefixes: prefixes.into(),
+            written: String::new(),
             suffix: suffix.into(),
             phase,
             json: JsonMachine::default(),
@@ -105,20 +108,33 @@ impl Constrained {
             return false;
         }
         match self.phase {
-            Phase::Prefix(at) => vocab.mask_literal(&self.prefix[at..], row),
+            Phase::Prefix => {
+                let left = self
+                    .prefixes
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&self.written));
+                vocab.mask_literals(&left.collect::<Vec<_>>(), row)
+            }
             Phase::Json => vocab.mask(&self.json, row),
-            Phase::Suffix(at) => vocab.mask_literal(&self.suffix[at..], row),
+            Phase::Suffix(at) => vocab.mask_literals(&[&self.suffix[at..]], row),
             Phase::Done => false,
         }
     }
 
     fn step(&mut self, c: char) -> bool {
         match self.phase {
-            Phase::Prefix(at) => match self.prefix[at..].strip_prefix(c) {
-                Some("") => self.phase = Phase::Json,
-                Some(rest) => self.phase = Phase::Prefix(self.prefix.len() - rest.len()),
-                None => return false,
-            },
+            Phase::Prefix => {
+                self.written.push(c);
+                let mut possible = self
+                    .prefixes
+                    .iter()
+                    .filter(|p| p.starts_with(&self.written));
+                match possible.next() {
+                    None => return false,
+                    Some(_) if self.prefixes.contains(&self.written) => self.phase = Phase::Json,
+                    Some(_) => {}
+                }
+            }
             Phase::Json => {
                 if !self.json.feed(c.encode_utf8(&mut [0; 4])) {
                     return false;
@@ -148,10 +164,36 @@ mod tests {
 
     fn wrapped() -> Constrained {
         let constraint = OutputConstraint::JsonObjectWithin {
-            prefix: "<t>{\"name\": \"f\", \"arguments\": ".into(),
+            prefixes: vec!["<t>{\"name\": \"f\", \"arguments\": ".into()],
             suffix: "}</t>".into(),
         };
         Constrained::new(&constraint, None)
+    }
+
+    #[test]
+    fn one_of_several_prefixes_is_written_and_only_those_tokens_fit() {
+        let vocab = JsonVocab::new(&ByteDecoder, 256);
+        let constraint = OutputConstraint::JsonObjectWithin {
+            prefixes: vec!["<a>".into(), "<ab>".into(), "<c>".into()],
+            suffix: String::new(),
+        };
+        let kept = |c: &Constrained| {
+            let mut row = vec![0.0f32; 256];
+            assert!(c.mask(&vocab, &mut row));
+            (0..=255u8)
+                .filter(|&b| row[usize::from(b)].is_finite())
+                .map(char::from)
+                .collect::<String>()
+        };
+        let mut c = Constrained::new(&constraint, None);
+        assert!(c.feed("<"));
+        assert_eq!(kept(&c), "ac");
+        assert!(c.feed("a"));
+        assert_eq!(kept(&c), ">b");
+        assert!(c.feed("b>{}") && c.is_done());
+        let mut c = Constrained::new(&constraint, None);
+        assert!(c.feed("<a>") && c.feed("{}") && c.is_done());
+        assert!(!Constrained::new(&constraint, None).feed("<d"));
     }
 
     #[test]

@@ -363,12 +363,12 @@ impl JsonVocab {
         }
     }
 
-    /// Masks `row` to the tokens whose text starts `literal` (what is left of a literal
-    /// the output must write); false (row untouched) when none does.
-    pub fn mask_literal(&self, literal: &str, row: &mut [f32]) -> bool {
+    /// Masks `row` to the tokens whose text starts one of `literals` (what is left of
+    /// the literals the output may write); false (row untouched) when none does.
+    pub fn mask_literals(&self, literals: &[&str], row: &mut [f32]) -> bool {
         let fits = (0..row.len()).filter(|&id| {
             self.text(id as u32)
-                .is_some_and(|text| literal.starts_with(text))
+                .is_some_and(|text| literals.iter().any(|l| l.starts_with(text)))
         });
         keep_only(row, fits)
     }

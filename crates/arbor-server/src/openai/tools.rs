@@ -26,8 +26,8 @@ pub enum ToolMode {
 pub enum ForcedCall {
     /// This function (named, or the only tool under `required`).
     Named(String),
-    /// Any of several tools (`required`).
-    Any,
+    /// One of these functions (`required` with several tools).
+    AnyOf(Vec<String>),
 }
 
 /// Checks `tools` (each a `{"type": "function", "function": {"name": ...}}`) and
@@ -54,7 +54,7 @@ pub fn tool_mode(tools: Option<&[Json]>, tool_choice: Option<&Json>) -> Result<T
             "auto" => Ok(ToolMode::Auto),
             "required" => Ok(ToolMode::Forced(match names.as_slice() {
                 [only] => ForcedCall::Named(only.to_string()),
-                _ => ForcedCall::Any,
+                _ => ForcedCall::AnyOf(names.iter().map(|n| n.to_string()).collect()),
             })),
             other => Err(ApiError::invalid_value(
                 "tool_choice",
@@ -86,9 +86,10 @@ pub fn tool_mode(tools: Option<&[Json]>, tool_choice: Option<&Json>) -> Result<T
 }
 
 /// The constraint that makes the model write `call` in `format`: the format's markers
-/// (and the function's name, when known) as literal text around one JSON object, the
-/// arguments. With a reasoning parser on, the output first closes the (empty)
-/// reasoning, so the call lands in the answer.
+/// and a function's name (one prefix per function it may call) as literal text before
+/// one JSON object, the arguments, and the closing markers after it. With a reasoning
+/// parser on, the output first closes the (empty) reasoning, so the call lands in the
+/// answer.
 pub fn forced_call_constraint(
     call: &ForcedCall,
     format: Option<ToolParserKind>,
@@ -101,41 +102,34 @@ pub fn forced_call_constraint(
              --tool-call-parser",
         )
     })?;
+    let names = match call {
+        ForcedCall::Named(name) => std::slice::from_ref(name),
+        ForcedCall::AnyOf(names) => names.as_slice(),
+    };
     let quoted = |name: &str| Json::from(name).to_string();
-    let (prefix, suffix) = match (format, call) {
-        (ToolParserKind::Hermes, ForcedCall::Named(name)) => (
-            format!("<tool_call>\n{{\"name\": {}, \"arguments\": ", quoted(name)),
-            "}\n</tool_call>".to_string(),
-        ),
-        (ToolParserKind::Hermes, ForcedCall::Any) => {
-            ("<tool_call>\n".to_string(), "\n</tool_call>".to_string())
+    let opening = |name: &str| match format {
+        ToolParserKind::Hermes => {
+            format!("<tool_call>\n{{\"name\": {}, \"arguments\": ", quoted(name))
         }
-        (ToolParserKind::Llama3Json, ForcedCall::Named(name)) => (
-            format!("{{\"name\": {}, \"parameters\": ", quoted(name)),
-            "}".to_string(),
+        ToolParserKind::Llama3Json => format!("{{\"name\": {}, \"parameters\": ", quoted(name)),
+        ToolParserKind::DeepSeekV3 => format!(
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n"
         ),
-        (ToolParserKind::Llama3Json, ForcedCall::Any) => (String::new(), String::new()),
-        (ToolParserKind::DeepSeekV3, ForcedCall::Named(name)) => (
-            format!(
-                "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n"
-            ),
-            "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>".to_string(),
-        ),
-        // Limitation: the name stands outside the JSON in this format, and choosing
-        // one of several names needs a grammar with alternatives, which there is not.
-        (ToolParserKind::DeepSeekV3, ForcedCall::Any) => {
-            return Err(ApiError::invalid_value(
-                "tool_choice",
-                "tool_choice \"required\" with several tools is not supported in the \
-                 deepseek-v3 format; name the function or use \"auto\"",
-            ));
-        }
     };
-    let prefix = match closes_reasoning {
-        true => format!("</think>\n\n{prefix}"),
-        false => prefix,
+    let think = if closes_reasoning { "</think>\n\n" } else { "" };
+    let prefixes = names
+        .iter()
+        .map(|name| format!("{think}{}", opening(name)))
+        .collect();
+    let suffix = match format {
+        ToolParserKind::Hermes => "}\n</tool_call>",
+        ToolParserKind::Llama3Json => "}",
+        ToolParserKind::DeepSeekV3 => "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
     };
-    Ok(OutputConstraint::JsonObjectWithin { prefix, suffix })
+    Ok(OutputConstraint::JsonObjectWithin {
+        prefixes,
+        suffix: suffix.to_string(),
+    })
 }
 
 fn function_name(idx: usize, tool: &Json) -> Result<&str, ApiError> {
@@ -244,7 +238,7 @@ mod tests {
             {"type": "function", "function": {"name": "b"}}]);
         assert_eq!(
             wanted(two, Some(json!("required"))).unwrap(),
-            ToolMode::Forced(ForcedCall::Any)
+            ToolMode::Forced(ForcedCall::AnyOf(vec!["a".into(), "b".into()]))
         );
     }
 
@@ -263,35 +257,35 @@ mod tests {
     #[test]
     fn forced_calls_are_written_in_each_format_and_parse_back() {
         use crate::tools::ToolParser;
-        let named = ForcedCall::Named("get_weather".into());
+        let any = ForcedCall::AnyOf(vec!["get_time".into(), "get_weather".into()]);
         let args = r#"{"city": "Paris"}"#;
         for kind in [
             ToolParserKind::Hermes,
             ToolParserKind::Llama3Json,
             ToolParserKind::DeepSeekV3,
         ] {
-            let OutputConstraint::JsonObjectWithin { prefix, suffix } =
-                forced_call_constraint(&named, Some(kind), false).unwrap()
+            let OutputConstraint::JsonObjectWithin { prefixes, suffix } =
+                forced_call_constraint(&any, Some(kind), false).unwrap()
             else {
                 panic!("a wrapped object");
             };
-            let out = ToolParser::parse(kind, &format!("{prefix}{args}{suffix}"));
-            assert_eq!(out.calls.len(), 1, "{kind:?}");
-            assert_eq!(out.calls[0].name, "get_weather");
-            let parsed: Json = serde_json::from_str(&out.calls[0].arguments).unwrap();
-            assert_eq!(parsed, json!({"city": "Paris"}));
-            assert_eq!(out.content, "", "{kind:?}");
+            assert_eq!(prefixes.len(), 2);
+            for (prefix, name) in prefixes.iter().zip(["get_time", "get_weather"]) {
+                let out = ToolParser::parse(kind, &format!("{prefix}{args}{suffix}"));
+                assert_eq!(out.calls.len(), 1, "{kind:?}");
+                assert_eq!(out.calls[0].name, name);
+                let parsed: Json = serde_json::from_str(&out.calls[0].arguments).unwrap();
+                assert_eq!(parsed, json!({"city": "Paris"}));
+                assert_eq!(out.content, "", "{kind:?}");
+            }
         }
+        let named = ForcedCall::Named("get_weather".into());
         let with_think = forced_call_constraint(&named, Some(ToolParserKind::Hermes), true);
         assert!(
-            matches!(with_think, Ok(OutputConstraint::JsonObjectWithin { prefix, .. })
-            if prefix.starts_with("</think>"))
+            matches!(with_think, Ok(OutputConstraint::JsonObjectWithin { prefixes, .. })
+            if prefixes.len() == 1 && prefixes[0].starts_with("</think>"))
         );
         assert!(forced_call_constraint(&named, None, false).is_err());
-        assert!(
-            forced_call_constraint(&ForcedCall::Any, Some(ToolParserKind::DeepSeekV3), false)
-                .is_err()
-        );
     }
 
     #[test]
