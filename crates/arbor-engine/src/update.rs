@@ -148,7 +148,7 @@ impl EngineCore {
             }
             tracing::warn!(
                 sequence = seq.id.0,
-                "json mode: no token fits; sampling unconstrained"
+                "constrained output: no token fits; sampling unconstrained"
             );
             None
         });
